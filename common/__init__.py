@@ -1,0 +1,1 @@
+"""Shared core: boxes, anchors, box coder, matcher, registry, config, checkpoint, engine, io."""

@@ -1,0 +1,60 @@
+"""The one result type every detector returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NUM_LANDMARKS = 5  # image-left eye, image-right eye, nose tip, image-left mouth corner, image-right mouth corner
+
+
+@dataclass
+class Detections:
+    """Faces found in one image: ``boxes`` (N, 4) float32 xyxy pixels, ``scores`` (N,), ``landmarks`` (N, 5, 2)."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    landmarks: torch.Tensor
+
+    def __post_init__(self):
+        n = self.boxes.shape[0]
+        if self.boxes.shape != (n, 4) or self.scores.shape != (n,) or self.landmarks.shape != (n, NUM_LANDMARKS, 2):
+            raise ValueError(
+                "Detections expects boxes (N, 4), scores (N,), landmarks (N, 5, 2); got "
+                f"{tuple(self.boxes.shape)}, {tuple(self.scores.shape)}, {tuple(self.landmarks.shape)}")
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, NUM_LANDMARKS, 2))
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    def __getitem__(self, index) -> "Detections":
+        """Select faces by index tensor, slice or boolean mask."""
+        return Detections(self.boxes[index].reshape(-1, 4), self.scores[index].reshape(-1),
+                          self.landmarks[index].reshape(-1, NUM_LANDMARKS, 2))
+
+    def to(self, device) -> "Detections":
+        return Detections(self.boxes.to(device), self.scores.to(device), self.landmarks.to(device))
+
+    def scaled(self, scale_x: float, scale_y: float, offset_x: float = 0.0, offset_y: float = 0.0) -> "Detections":
+        """Map coordinates ``p → p * scale + offset`` (e.g. from a resized/cropped input back to the photo)."""
+        scale = torch.tensor([scale_x, scale_y], dtype=torch.float32)
+        offset = torch.tensor([offset_x, offset_y], dtype=torch.float32)
+        boxes = (self.boxes.reshape(-1, 2, 2) * scale + offset).reshape(-1, 4)
+        return Detections(boxes, self.scores, self.landmarks * scale + offset)
+
+    @staticmethod
+    def cat(parts: list["Detections"]) -> "Detections":
+        if not parts:
+            return Detections.empty()
+        return Detections(torch.cat([p.boxes for p in parts]), torch.cat([p.scores for p in parts]),
+                          torch.cat([p.landmarks for p in parts]))
+
+    def to_json(self) -> list[dict]:
+        """``[{"box": [x1, y1, x2, y2], "score": s, "landmarks": [[x, y], ...]}, ...]`` rounded to 0.01 px."""
+        return [{"box": [round(float(v), 2) for v in box],
+                 "score": round(float(score), 5),
+                 "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in points]}
+                for box, score, points in zip(self.boxes.cpu(), self.scores.cpu(), self.landmarks.cpu())]

@@ -1,0 +1,184 @@
+"""``train.py --stage detection``: config schema, data, model, loss and the shared trainer, wired together."""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from common.config import save_config
+from common.engine import Trainer, init_distributed, is_main_process, make_loader, resolve_device
+from common.metrics import average_precision
+from common.registry import build_model
+from detection.blazeface.detector import load_weights, normalize
+from detection.blazeface.loss import BlazeFaceLoss, anchor_metrics
+from detection.blazeface.postprocess import BlazeFacePostprocessor
+from detection.blazeface.targets import BlazeFaceAnchors, BlazeFaceTargetBuilder
+from detection.data.dataset import DEFAULT_AUGMENTATION, FaceDetectionDataset, collate_detection
+from detection.data.readers import read_annotations, split_by_image
+
+DETECTION_DEFAULTS = {
+    "stage": "detection",
+    "detector": "blazeface",
+    "model": {"variant": "front", "pretrained": False, "weights": None},
+    "data": {"format": "auto", "train": None, "val": None, "root": None, "val_fraction": 0.2, "split_seed": 42,
+             "augment": True, "augmentation": dict(DEFAULT_AUGMENTATION)},
+    "loss": {"use_focal_loss": False, "focal_alpha": 0.25, "focal_gamma": 2.0, "detection_weight": 150.0,
+             "keypoint_weight": 50.0, "classification_weight": 35.0, "hard_negative_ratio": 3.0,
+             "huber_delta": 0.1, "positive_iou": 0.5, "negative_iou": 0.35},
+    "train": {"epochs": 500, "batch_size": 32, "lr": 1e-4, "weight_decay": 1e-4, "grad_clip": 10.0,
+              "num_workers": 4, "device": "auto", "seed": 0, "amp": True, "checkpoint_every": 10},
+    "eval": {"score_threshold": 0.05, "nms_iou": 0.3},
+    "output": {"checkpoint_dir": "checkpoints", "log_dir": "logs", "resume": None, "auto_resume": True},
+}
+
+# The seed guide's flags, each setting one config key.
+FLAG_KEYS = {
+    "train_data": "data.train", "val_data": "data.val", "data_root": "data.root",
+    "batch_size": "train.batch_size", "epochs": "train.epochs", "lr": "train.lr", "weight_decay": "train.weight_decay",
+    "focal_alpha": "loss.focal_alpha", "focal_gamma": "loss.focal_gamma", "detection_weight": "loss.detection_weight",
+    "classification_weight": "loss.classification_weight", "hard_negative_ratio": "loss.hard_negative_ratio",
+    "device": "train.device", "num_workers": "train.num_workers", "checkpoint_dir": "output.checkpoint_dir",
+    "log_dir": "output.log_dir", "resume": "output.resume", "weights": "model.weights", "variant": "model.variant",
+}
+
+
+def add_detection_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("detection (each flag overrides its key in the YAML config)")
+    group.add_argument("--detector", choices=["blazeface"], help="detector to train (detector)")
+    group.add_argument("--variant", choices=["front", "back"], help="BlazeFace variant (model.variant)")
+    group.add_argument("--csv-format", action="store_true", help="annotations are the seed CSV (data.format=csv)")
+    group.add_argument("--train-data", help="training annotations: CSV, WIDER txt, label.txt, COCO json, dlib xml")
+    group.add_argument("--val-data", help="validation annotations; without it 20%% of the images (seed 42)")
+    group.add_argument("--data-root", help="folder that relative image paths start from")
+    group.add_argument("--pretrained", action="store_true", default=None,
+                       help="start from MediaPipe weights (model.weights, a .tflite)")
+    group.add_argument("--weights", help="weights to start from or to load (model.weights)")
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--epochs", type=int)
+    group.add_argument("--lr", type=float)
+    group.add_argument("--weight-decay", type=float)
+    group.add_argument("--use-focal-loss", action="store_true", default=None, help="focal loss instead of BCE")
+    group.add_argument("--focal-alpha", type=float)
+    group.add_argument("--focal-gamma", type=float)
+    group.add_argument("--detection-weight", type=float, help="weight of the box regression loss")
+    group.add_argument("--classification-weight", type=float)
+    group.add_argument("--hard-negative-ratio", type=float, help="mined negatives per positive anchor")
+    group.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--num-workers", type=int)
+    group.add_argument("--checkpoint-dir")
+    group.add_argument("--log-dir", help="TensorBoard folder")
+    group.add_argument("--resume", help="checkpoint to resume from")
+    group.add_argument("--no-auto-resume", action="store_true", help="start fresh even if a checkpoint exists")
+
+
+def detection_overrides(args: argparse.Namespace) -> dict:
+    overrides = {key: getattr(args, flag, None) for flag, key in FLAG_KEYS.items()}
+    overrides["detector"] = getattr(args, "detector", None)
+    overrides["data.format"] = "csv" if getattr(args, "csv_format", False) else None
+    overrides["model.pretrained"] = getattr(args, "pretrained", None)
+    overrides["loss.use_focal_loss"] = getattr(args, "use_focal_loss", None)
+    overrides["output.auto_resume"] = False if getattr(args, "no_auto_resume", False) else None
+    return overrides
+
+
+def load_datasets(cfg: dict, input_size: int):
+    data = cfg["data"]
+    if not data["train"]:
+        raise ValueError("no training data: set data.train in the config or pass --train-data")
+    fmt = None if data["format"] == "auto" else data["format"]
+    train = read_annotations(data["train"], data_root=data["root"], fmt=fmt)
+    if data["val"]:
+        val = read_annotations(data["val"], data_root=data["root"], fmt=fmt)
+    else:
+        train, val = split_by_image(train, val_fraction=data["val_fraction"], seed=data["split_seed"])
+    augmentation = data["augmentation"] if data["augment"] else None
+    return (FaceDetectionDataset(train, input_size, augmentation, seed=cfg["train"]["seed"]),
+            FaceDetectionDataset(val, input_size, None))
+
+
+class BlazeFaceTask:
+    """The BlazeFace pieces the trainer calls: one training step, validation, and image grids."""
+
+    def __init__(self, cfg: dict, device: torch.device):
+        self.device = device
+        self.anchors = BlazeFaceAnchors(cfg["model"]["variant"])
+        loss_cfg = dict(cfg["loss"])
+        self.targets = BlazeFaceTargetBuilder(self.anchors, loss_cfg.pop("positive_iou"), loss_cfg.pop("negative_iou"))
+        self.loss = BlazeFaceLoss(self.anchors.input_size, **loss_cfg)
+        self.postprocess = BlazeFacePostprocessor(self.anchors, cfg["eval"]["score_threshold"], cfg["eval"]["nms_iou"])
+
+    def _forward(self, model, batch):
+        images, targets = batch
+        encoded = {k: v.to(self.device) for k, v in self.targets(targets).items()}
+        raw_regressors, raw_scores = model(normalize(images.to(self.device)))
+        return raw_regressors, raw_scores, encoded
+
+    def step(self, model, batch) -> dict:
+        raw_regressors, raw_scores, encoded = self._forward(model, batch)
+        terms = self.loss(raw_regressors.float(), raw_scores.float(), encoded)
+        terms.update(anchor_metrics(raw_regressors, raw_scores, encoded, self.anchors))
+        return terms
+
+    def evaluate(self, model, loader) -> dict:
+        sums, count, images = {}, 0, []
+        for batch in loader:
+            raw_regressors, raw_scores, encoded = self._forward(model, batch)
+            terms = self.loss(raw_regressors, raw_scores, encoded)
+            terms.update(anchor_metrics(raw_regressors, raw_scores, encoded, self.anchors))
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+            for detections, target in zip(self.postprocess(raw_regressors, raw_scores), batch[1]):
+                images.append({"pred_boxes": detections.boxes, "pred_scores": detections.scores,
+                               "gt_boxes": target["boxes"], "gt_ignore": target["ignore"]})
+        metrics = {k: v / max(count, 1) for k, v in sums.items()}
+        metrics["ap50"] = average_precision(images).ap
+        return metrics
+
+    def visualize(self, model, batch, max_images: int = 8) -> torch.Tensor:
+        images, targets = batch
+        images = images[:max_images]
+        raw_regressors, raw_scores = model(normalize(images.to(self.device)))
+        drawn = []
+        for image, target, detections in zip(images, targets, self.postprocess(raw_regressors, raw_scores)):
+            canvas = draw_bounding_boxes(image, target["boxes"], colors="lime", width=1)
+            confident = detections[detections.scores >= 0.5]
+            drawn.append(draw_bounding_boxes(canvas, confident.boxes, colors="red", width=1))
+        return make_grid(drawn, nrow=4)  # (3, H, W) uint8: ground truth green, detections red
+
+
+def run_detection_training(cfg: dict) -> list[dict]:
+    device = resolve_device(cfg["train"]["device"])
+    init_distributed(device)
+    torch.manual_seed(cfg["train"]["seed"])
+    variant = cfg["model"]["variant"]
+    model = build_model(f"blazeface_{variant}")
+    if cfg["model"]["pretrained"] or cfg["model"]["weights"]:
+        if not cfg["model"]["weights"]:
+            raise ValueError("model.pretrained needs model.weights (the MediaPipe .tflite) or --weights")
+        load_weights(model, cfg["model"]["weights"])
+    train_set, val_set = load_datasets(cfg, BlazeFaceAnchors(variant).input_size)
+    task = BlazeFaceTask(cfg, device)
+    tcfg = cfg["train"]
+    train_loader = make_loader(train_set, tcfg["batch_size"], True, tcfg["num_workers"], collate_detection,
+                               tcfg["seed"])
+    val_loader = make_loader(val_set, tcfg["batch_size"], False, tcfg["num_workers"], collate_detection,
+                             tcfg["seed"]) if len(val_set) else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(tcfg["epochs"], 1),
+                                                           eta_min=tcfg["lr"] * 0.01)
+    out = cfg["output"]
+    trainer = Trainer(model, optimizer, scheduler, task.step, out["checkpoint_dir"], out["log_dir"], "BlazeFace",
+                      device, tcfg["epochs"], copy.deepcopy(cfg), evaluate_fn=task.evaluate,
+                      visualize_fn=task.visualize, grad_clip=tcfg["grad_clip"], amp=tcfg["amp"],
+                      checkpoint_every=tcfg["checkpoint_every"], best_metric="ap50" if val_loader else "loss",
+                      best_mode="max" if val_loader else "min", seed=tcfg["seed"])
+    if is_main_process():
+        save_config(cfg, out["checkpoint_dir"])
+    resume = out["resume"] or (trainer.auto_resume_path() if out["auto_resume"] else None)
+    if resume:
+        trainer.resume(resume)
+    return trainer.fit(train_loader, val_loader)
+

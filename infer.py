@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""Detect faces in an image, a folder of images, a video file or a webcam, and write them to JSON.
+
+    python infer.py --detector blazeface --input photo.jpg --out dets.json --save-vis vis/
+    python infer.py --detector blazeface --input clip.mp4 --out dets.json        # keys "clip.mp4#<frame>"
+    python infer.py --detector blazeface --input 0 --max-frames 100 --out cam.json  # webcam index 0
+
+Output: {"<image path or video#frame>": [{"box": [x1, y1, x2, y2], "score": s, "landmarks": [[x, y], ...]}, ...]}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from common.cli import run_cli
+from common.config import build_config
+
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--detector", default="blazeface", choices=["blazeface"])
+    parser.add_argument("--config", help="detector config (default: configs/detection_<detector>.yaml)")
+    parser.add_argument("--weights", help="weights (default: model.weights of the config)")
+    parser.add_argument("--input", required=True, help="image, folder, video file, or webcam index (0, 1, ...)")
+    parser.add_argument("--out", required=True, help="JSON file of detections")
+    parser.add_argument("--save-vis", help="folder for images with the detections drawn")
+    parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop a video/webcam after this many frames")
+    return parser.parse_args(argv)
+
+
+def draw(image_rgb: np.ndarray, detections) -> np.ndarray:
+    canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    thickness = max(1, round(max(canvas.shape[:2]) / 400))
+    for face in detections.to_json():
+        x1, y1, x2, y2 = (int(round(v)) for v in face["box"])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 220, 0), thickness)
+        cv2.putText(canvas, f"{face['score']:.2f}", (x1, max(0, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4 * thickness, (0, 220, 0), thickness)
+        for x, y in face["landmarks"]:
+            cv2.circle(canvas, (int(round(x)), int(round(y))), thickness + 1, (0, 0, 255), -1)
+    return canvas
+
+
+def frames(source: str, max_frames: int | None):
+    """Yield (key, RGB frame) from a video file or a webcam index."""
+    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not capture.isOpened():
+        raise ValueError(f"cannot open video source {source!r}")
+    index = 0
+    try:
+        while max_frames is None or index < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield f"{source}#{index}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
+    finally:
+        capture.release()
+
+
+def images(source: Path):
+    from common.io import list_images, read_image
+    paths = list_images(source) if source.is_dir() else [source]
+    if not paths:
+        raise ValueError(f"no images found in {source}")
+    for path in paths:
+        yield str(path), read_image(path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from common.registry import build_detector
+    from detection.training import DETECTION_DEFAULTS
+
+    config_path = args.config or Path(__file__).resolve().parent / "configs" / f"detection_{args.detector}.yaml"
+    cfg = build_config(DETECTION_DEFAULTS, config_path, {"model.weights": args.weights})
+    detector = build_detector(args.detector, weights=cfg["model"]["weights"], variant=cfg["model"]["variant"],
+                              device=args.device, score_threshold=args.score_threshold)
+    source = Path(args.input)
+    if args.input.isdigit() or source.suffix.lower() in VIDEO_EXTENSIONS:
+        stream = frames(args.input, args.max_frames)
+    elif source.exists():
+        stream = images(source)
+    else:
+        raise FileNotFoundError(f"input not found: {source}")
+    vis_dir = Path(args.save_vis) if args.save_vis else None
+    if vis_dir:
+        vis_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for key, image in tqdm(stream, desc="detecting", unit="frame"):
+        detections = detector.detect([image])[0]
+        results[key] = detections.to_json()
+        if vis_dir:
+            path, _, frame = key.partition("#")
+            name = Path(path).stem + (f"_{int(frame):06d}" if frame else "") + ".jpg"
+            cv2.imwrite(str(vis_dir / name), draw(image, detections))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(f"{sum(len(v) for v in results.values())} faces in {len(results)} images/frames → {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

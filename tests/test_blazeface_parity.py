@@ -1,0 +1,175 @@
+"""BlazeFace: parity of the imported MediaPipe weights with the TFLite interpreter on real photos,
+BN folding, trainability, and the importer's error handling."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.registry import build_model
+from detection.blazeface.mediapipe_import import MediaPipeImportError, load_mediapipe_weights, main
+from detection.blazeface.model import BlazeFace, fuse_batchnorm
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHORT_RANGE = SHARED / "models/mediapipe/face_detection_short_range.tflite"
+FULL_RANGE = SHARED / "models/mediapipe/face_detection_full_range_sparse.tflite"
+PHOTO_GLOBS = ("data/detection/dlib_faces/*.jpg", "data/faces_in_photos/compreface/*.jpg")
+
+# Raw outputs reach several hundred (scores down to -600, regressors ~260), and fp32 summation order
+# alone then moves the last digits: TFLite's own XNNPACK and builtin kernels differ by up to 6e-4.
+# So the bound is 1e-4 absolute while an anchor's outputs are within +-1, and 1e-4 relative to the
+# anchor's largest output magnitude beyond that. (Measured: ~2.5e-6 on regressors, ~1.1e-5 on scores.)
+PARITY_TOL = 1e-4
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not found: the read-only ../shared folder (MediaPipe models, photos) is absent")
+    return path
+
+
+def _load_photos(size: int) -> torch.Tensor:
+    """Real photos as (N, 3, size, size) float in [-1, 1] (MediaPipe's x / 127.5 - 1)."""
+    Image = pytest.importorskip("PIL.Image")
+    ImageOps = pytest.importorskip("PIL.ImageOps")
+    files = sorted(f for pattern in PHOTO_GLOBS for f in _require(SHARED).glob(pattern))
+    if not files:
+        pytest.skip(f"no photos under {SHARED} matching {PHOTO_GLOBS}")
+    images = []
+    for f in files:
+        with Image.open(f) as im:
+            rgb = ImageOps.exif_transpose(im).convert("RGB").resize((size, size), Image.BILINEAR)
+        images.append(np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
+
+
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    return _load_photos(128)
+
+
+@pytest.fixture(scope="module")
+def imported() -> BlazeFace:
+    return load_mediapipe_weights(BlazeFace("front"), _require(SHORT_RANGE)).eval()
+
+
+def _run_interpreter(photos: torch.Tensor):
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    interpreter = litert.Interpreter(model_path=str(SHORT_RANGE), num_threads=2)
+    interpreter.allocate_tensors()
+    input_index = interpreter.get_input_details()[0]["index"]
+    # The two outputs are told apart by shape: regressors (1, 896, 16), classificators (1, 896, 1).
+    outputs = {d["shape"][-1]: d["index"] for d in interpreter.get_output_details()}
+    regressors, scores = [], []
+    for image in photos.permute(0, 2, 3, 1).numpy():  # NHWC
+        interpreter.set_tensor(input_index, image[None])
+        interpreter.invoke()
+        regressors.append(interpreter.get_tensor(outputs[16])[0])  # (896, 16)
+        scores.append(interpreter.get_tensor(outputs[1])[0, :, 0])  # (896,)
+    return np.stack(regressors), np.stack(scores)
+
+
+def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
+    """``ours``/``ref``: (N, 896, C) per-anchor outputs (C = 16 regressors, or 1 score)."""
+    err = np.abs(ours - ref)
+    scale = np.maximum(1.0, np.abs(ref).max(axis=-1, keepdims=True))
+    assert (err / scale).max() <= PARITY_TOL, (
+        f"{what}: max |diff| {err.max():.3g}, max |diff| / anchor scale {(err / scale).max():.3g} > {PARITY_TOL}"
+    )
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["trainable", "bn_folded"])
+def test_imported_front_model_matches_tflite_interpreter(imported, photos, fused):
+    ref_regressors, ref_scores = _run_interpreter(photos)
+    model = fuse_batchnorm(imported) if fused else imported
+    with torch.inference_mode():
+        regressors, scores = model(photos)
+    assert regressors.shape == (len(photos), 896, 16) and scores.shape == (len(photos), 896)
+    _assert_close(regressors.numpy(), ref_regressors, "raw regressors")
+    _assert_close(scores.numpy()[..., None], ref_scores[..., None], "raw scores")
+    # The photos contain faces: the detector must fire somewhere, or the comparison is vacuous.
+    assert (ref_scores > 0).any()
+
+
+def test_imported_batchnorm_is_exact_identity(imported):
+    """BN carries the folded bias in beta; its scaling must be exactly 1 (gamma=1, mean=0, var=1-eps)."""
+    bns = [m for m in imported.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 1 + 2 * 16  # stem + (depthwise, pointwise) per block
+    for bn in bns:
+        x = torch.randn(2, bn.num_features, 4, 4)
+        scaled = torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, None, False, 0.0, bn.eps)
+        assert torch.equal(scaled, x)
+
+
+def _randomise_batchnorm(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.randn(n, generator=g) * 0.1
+            m.running_mean = torch.randn(n, generator=g) * 0.1
+            m.running_var = torch.rand(n, generator=g) + 0.5
+
+
+@pytest.mark.parametrize("source", ["mediapipe", "random_bn"])
+def test_fused_batchnorm_matches_unfused(source, photos):
+    """Checked in float64, where folding is exact up to ~1e-12, so 1e-4 absolute is a hard bound
+    (in float32 the two differ by rounding only; the interpreter test covers the fused fp32 model)."""
+    if source == "mediapipe":
+        model = load_mediapipe_weights(BlazeFace("front"), _require(SHORT_RANGE))
+    else:
+        torch.manual_seed(0)
+        model = BlazeFace("front")
+        _randomise_batchnorm(model, seed=0)
+    model = model.double().eval()
+    fused = fuse_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "original must be untouched"
+    with torch.inference_mode():
+        for ours, ref in zip(fused(photos.double()), model(photos.double())):
+            assert (ours - ref).abs().max().item() <= 1e-4
+
+
+def test_model_trains(photos):
+    model = load_mediapipe_weights(BlazeFace("front"), _require(SHORT_RANGE)).train()
+    bn = model.backbone.stage1[3].pw.bn
+    mean_before, var_before = bn.running_mean.clone(), bn.running_var.clone()
+    regressors, scores = model(photos[:8])
+    loss = regressors.square().mean() + torch.nn.functional.binary_cross_entropy_with_logits(
+        scores.clamp(-100, 100), torch.zeros_like(scores)
+    )
+    loss.backward()
+    assert not torch.allclose(bn.running_mean, mean_before)
+    assert not torch.allclose(bn.running_var, var_before)
+    assert bn.num_batches_tracked.item() == 1
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has non-finite gradients"
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,size", [("blazeface_front", 128), ("blazeface_back", 256)])
+def test_registered_variants_output_shapes(name, size):
+    model = build_model(name).eval()
+    with torch.inference_mode():
+        regressors, scores = model(torch.zeros(2, 3, size, size))
+    assert regressors.shape == (2, 896, 16) and scores.shape == (2, 896)
+    with pytest.raises(ValueError, match=f"expects \\(B, 3, {size}, {size}\\)"):
+        model(torch.zeros(2, 3, size + 32, size + 32))
+
+
+def test_import_rejects_other_architectures():
+    with pytest.raises(MediaPipeImportError, match=SHORT_RANGE.name):
+        load_mediapipe_weights(BlazeFace("back"), _require(SHORT_RANGE))
+    with pytest.raises(MediaPipeImportError, match=FULL_RANGE.name):
+        load_mediapipe_weights(BlazeFace("front"), _require(FULL_RANGE))
+
+
+def test_convert_cli_writes_loadable_state_dict(imported, tmp_path):
+    out = tmp_path / "blazeface_front.pth"
+    main(["--tflite", str(_require(SHORT_RANGE)), "--out", str(out)])
+    model = BlazeFace("front")
+    model.load_state_dict(torch.load(out, weights_only=True))
+    for key, value in imported.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
