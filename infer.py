@@ -32,8 +32,11 @@ def parse_args(argv):
     parser.add_argument("--input", required=True, help="image, folder, video file, or webcam index (0, 1, ...)")
     parser.add_argument("--out", required=True, help="JSON file of detections")
     parser.add_argument("--save-vis", help="folder for images with the detections drawn")
-    parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--score-threshold", type=float, help="default: inference.score_threshold of the config")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tile-zooms", type=int, nargs="+", metavar="Z",
+                        help="also run on overlapping tiles of 1/Z of the photo, for small faces "
+                             "(default: inference.tile_zooms of the config, 1 2 4; 1 alone is fastest)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop a video/webcam after this many frames")
     return parser.parse_args(argv)
 
@@ -83,9 +86,12 @@ def main(argv=None) -> int:
     from detection.training import DETECTION_DEFAULTS
 
     config_path = args.config or Path(__file__).resolve().parent / "configs" / f"detection_{args.detector}.yaml"
-    cfg = build_config(DETECTION_DEFAULTS, config_path, {"model.weights": args.weights})
+    cfg = build_config(DETECTION_DEFAULTS, config_path, {"model.weights": args.weights,
+                                                         "inference.tile_zooms": args.tile_zooms,
+                                                         "inference.score_threshold": args.score_threshold})
     detector = build_detector(args.detector, weights=cfg["model"]["weights"], variant=cfg["model"]["variant"],
-                              device=args.device, score_threshold=args.score_threshold)
+                              device=args.device, score_threshold=cfg["inference"]["score_threshold"],
+                              nms_iou=cfg["inference"]["nms_iou"], tile_zooms=cfg["inference"]["tile_zooms"])
     source = Path(args.input)
     if args.input.isdigit() or source.suffix.lower() in VIDEO_EXTENSIONS:
         stream = frames(args.input, args.max_frames)

@@ -30,6 +30,8 @@ DETECTION_DEFAULTS = {
     "train": {"epochs": 500, "batch_size": 32, "lr": 1e-4, "weight_decay": 1e-4, "grad_clip": 10.0,
               "num_workers": 4, "device": "auto", "seed": 0, "amp": True, "checkpoint_every": 10},
     "eval": {"score_threshold": 0.05, "nms_iou": 0.3},
+    # infer.py / evaluate.py on whole photos; zooms > 1 add overlapping tiles for small faces (common/tiling.py)
+    "inference": {"score_threshold": 0.5, "nms_iou": 0.3, "tile_zooms": [1, 2, 4]},
     "output": {"checkpoint_dir": "checkpoints", "log_dir": "logs", "resume": None, "auto_resume": True},
 }
 
@@ -143,9 +145,11 @@ class BlazeFaceTask:
         raw_regressors, raw_scores = model(normalize(images.to(self.device)))
         drawn = []
         for image, target, detections in zip(images, targets, self.postprocess(raw_regressors, raw_scores)):
-            canvas = draw_bounding_boxes(image, target["boxes"], colors="lime", width=1)
             confident = detections[detections.scores >= 0.5]
-            drawn.append(draw_bounding_boxes(canvas, confident.boxes, colors="red", width=1))
+            for boxes, colour in ((target["boxes"], "lime"), (confident.boxes, "red")):
+                if len(boxes):
+                    image = draw_bounding_boxes(image, boxes, colors=colour, width=1)
+            drawn.append(image)
         return make_grid(drawn, nrow=4)  # (3, H, W) uint8: ground truth green, detections red
 
 

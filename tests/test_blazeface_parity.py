@@ -48,12 +48,19 @@ def photos() -> torch.Tensor:
     return _load_photos(128)
 
 
+def _import_front() -> BlazeFace:
+    pytest.importorskip("tflite", reason="the `tflite` flatbuffer parser is needed to read .tflite weights")
+    return load_mediapipe_weights(BlazeFace("front"), _require(SHORT_RANGE))
+
+
 @pytest.fixture(scope="module")
 def imported() -> BlazeFace:
-    return load_mediapipe_weights(BlazeFace("front"), _require(SHORT_RANGE)).eval()
+    return _import_front().eval()
 
 
-def _run_interpreter(photos: torch.Tensor):
+@pytest.fixture(scope="module")
+def interpreter_outputs(photos):
+    """MediaPipe's TFLite interpreter on the photos, one image per invoke: (N, 896, 16), (N, 896)."""
     litert = pytest.importorskip("ai_edge_litert.interpreter")
     interpreter = litert.Interpreter(model_path=str(SHORT_RANGE), num_threads=2)
     interpreter.allocate_tensors()
@@ -79,8 +86,8 @@ def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["trainable", "bn_folded"])
-def test_imported_front_model_matches_tflite_interpreter(imported, photos, fused):
-    ref_regressors, ref_scores = _run_interpreter(photos)
+def test_imported_front_model_matches_tflite_interpreter(imported, photos, interpreter_outputs, fused):
+    ref_regressors, ref_scores = interpreter_outputs
     model = fuse_batchnorm(imported) if fused else imported
     with torch.inference_mode():
         regressors, scores = model(photos)
@@ -97,7 +104,9 @@ def test_imported_batchnorm_is_exact_identity(imported):
     assert len(bns) == 1 + 2 * 16  # stem + (depthwise, pointwise) per block
     for bn in bns:
         x = torch.randn(2, bn.num_features, 4, 4)
-        scaled = torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, None, False, 0.0, bn.eps)
+        scaled = torch.nn.functional.batch_norm(
+            x, bn.running_mean, bn.running_var, bn.weight, None, training=False, eps=bn.eps
+        )
         assert torch.equal(scaled, x)
 
 
@@ -117,7 +126,7 @@ def test_fused_batchnorm_matches_unfused(source, photos):
     """Checked in float64, where folding is exact up to ~1e-12, so 1e-4 absolute is a hard bound
     (in float32 the two differ by rounding only; the interpreter test covers the fused fp32 model)."""
     if source == "mediapipe":
-        model = load_mediapipe_weights(BlazeFace("front"), _require(SHORT_RANGE))
+        model = _import_front()
     else:
         torch.manual_seed(0)
         model = BlazeFace("front")
@@ -132,7 +141,7 @@ def test_fused_batchnorm_matches_unfused(source, photos):
 
 
 def test_model_trains(photos):
-    model = load_mediapipe_weights(BlazeFace("front"), _require(SHORT_RANGE)).train()
+    model = _import_front().train()
     bn = model.backbone.stage1[3].pw.bn
     mean_before, var_before = bn.running_mean.clone(), bn.running_var.clone()
     regressors, scores = model(photos[:8])
@@ -160,15 +169,19 @@ def test_registered_variants_output_shapes(name, size):
 
 
 def test_import_rejects_other_architectures():
+    pytest.importorskip("tflite")
     with pytest.raises(MediaPipeImportError, match=SHORT_RANGE.name):
         load_mediapipe_weights(BlazeFace("back"), _require(SHORT_RANGE))
     with pytest.raises(MediaPipeImportError, match=FULL_RANGE.name):
         load_mediapipe_weights(BlazeFace("front"), _require(FULL_RANGE))
+    # Same input size, different head: caught by the per-conv shape check.
+    with pytest.raises(MediaPipeImportError, match="head.reg_s8"):
+        load_mediapipe_weights(BlazeFace("front", num_keypoints=5), SHORT_RANGE)
 
 
 def test_convert_cli_writes_loadable_state_dict(imported, tmp_path):
     out = tmp_path / "blazeface_front.pth"
-    main(["--tflite", str(_require(SHORT_RANGE)), "--out", str(out)])
+    main(["--tflite", str(SHORT_RANGE), "--out", str(out)])
     model = BlazeFace("front")
     model.load_state_dict(torch.load(out, weights_only=True))
     for key, value in imported.state_dict().items():

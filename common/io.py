@@ -1,0 +1,65 @@
+"""Image files: decode any common format to an (H, W, 3) uint8 RGB array, and find images in a folder."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
+
+# Pillow modes holding one integer channel wider than 8 bits (16-bit PNG and TIFF grayscale).
+_WIDE_INTEGER_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+_UINT16_TO_UINT8 = 65535 / 255
+
+
+class ImageReadError(ValueError):
+    """A file that exists but cannot be decoded as an image; the message reads ``file: reason``."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode ``path`` by its content (not its extension) to an (H, W, 3) uint8 RGB array.
+
+    EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and alpha images are converted to RGB
+    (alpha is dropped); animated images give their first frame. Raises FileNotFoundError for a missing
+    file and ImageReadError for an empty, truncated, non-image or decompression-bomb file.
+    """
+    path = Path(path)
+    with open(path, "rb") as file:
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{path}: file is empty (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                # Over Image.MAX_IMAGE_PIXELS Pillow only warns; over twice that it raises. Reject both.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as image:
+                    return _to_rgb_array(ImageOps.exif_transpose(image))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ImageReadError(f"{path}: refused as a possible decompression bomb: {error}") from error
+        except UnidentifiedImageError as error:
+            raise ImageReadError(f"{path}: not an image in any format Pillow can decode") from error
+        except (OSError, SyntaxError, ValueError) as error:
+            # Pillow reports truncated or corrupt data as OSError, bad headers as SyntaxError, and
+            # unsupported mode conversions as ValueError.
+            raise ImageReadError(f"{path}: cannot decode image: {error}") from error
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    if image.mode in _WIDE_INTEGER_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        gray = np.round(np.clip(values, 0, 65535) / _UINT16_TO_UINT8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """All files under ``folder`` (recursively) whose extension is in IMAGE_EXTENSIONS, sorted."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder")
+    return sorted(
+        path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    )

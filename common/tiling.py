@@ -1,0 +1,50 @@
+"""Zoomed, overlapping tiles so a fixed-input detector also sees small faces in large photos.
+
+At zoom ``z`` the photo is covered by square tiles of side ``max(H, W) / z`` overlapping by ``overlap``; zoom 1
+is the whole photo. A face cut by a tile's inner edge is dropped from that tile: with enough overlap it lies
+whole inside a neighbour, or a lower zoom sees it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from common.detections import Detections
+
+
+def make_tiles(height: int, width: int, zooms: Sequence[int], overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
+    """``(x1, y1, x2, y2)`` pixel tiles for every zoom level, whole photo first."""
+    tiles = []
+    for zoom in zooms:
+        side = max(height, width) / zoom
+        step = side * (1 - overlap)
+
+        def starts(extent: float) -> list[float]:
+            if extent <= side:
+                return [0.0]
+            count = math.ceil((extent - side) / step) + 1
+            return [min(i * step, extent - side) for i in range(count)]
+
+        for y in starts(height):
+            for x in starts(width):
+                tiles.append((round(x), round(y), round(min(x + side, width)), round(min(y + side, height))))
+    return list(dict.fromkeys(tiles))
+
+
+def drop_cut_faces(detections: Detections, tile: tuple[int, int, int, int], height: int, width: int,
+                   margin: float = 2.0) -> Detections:
+    """Remove faces touching an edge of ``tile`` that is not an edge of the photo (photo coordinates)."""
+    x1, y1, x2, y2 = tile
+    boxes = detections.boxes
+    cut = torch.zeros(len(detections), dtype=torch.bool)
+    if x1 > 0:
+        cut |= boxes[:, 0] <= x1 + margin
+    if y1 > 0:
+        cut |= boxes[:, 1] <= y1 + margin
+    if x2 < width:
+        cut |= boxes[:, 2] >= x2 - margin
+    if y2 < height:
+        cut |= boxes[:, 3] >= y2 - margin
+    return detections[~cut]
