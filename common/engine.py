@@ -180,7 +180,7 @@ class Trainer:
             self.scaler.update()
             count += 1
             for key, value in terms.items():
-                sums[key] += float(value)
+                sums[key] += float(value.detach()) if torch.is_tensor(value) else float(value)
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
         return _all_reduce_mean({k: v / max(count, 1) for k, v in sums.items()})
 

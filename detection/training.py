@@ -21,7 +21,8 @@ from detection.data.readers import read_annotations, split_by_image
 DETECTION_DEFAULTS = {
     "stage": "detection",
     "detector": "blazeface",
-    "model": {"variant": "front", "pretrained": False, "weights": None},
+    # freeze_batchnorm: null = frozen when starting from weights (see BlazeFace.train), else trained
+    "model": {"variant": "front", "pretrained": False, "weights": None, "freeze_batchnorm": None},
     "data": {"format": "auto", "train": None, "val": None, "root": None, "val_fraction": 0.2, "split_seed": 42,
              "augment": True, "augmentation": dict(DEFAULT_AUGMENTATION)},
     "loss": {"use_focal_loss": False, "focal_alpha": 0.25, "focal_gamma": 2.0, "detection_weight": 150.0,
@@ -158,10 +159,12 @@ def run_detection_training(cfg: dict) -> list[dict]:
     init_distributed(device)
     torch.manual_seed(cfg["train"]["seed"])
     variant = cfg["model"]["variant"]
-    model = build_model(f"blazeface_{variant}")
-    if cfg["model"]["pretrained"] or cfg["model"]["weights"]:
-        if not cfg["model"]["weights"]:
-            raise ValueError("model.pretrained needs model.weights (the MediaPipe .tflite) or --weights")
+    from_weights = bool(cfg["model"]["pretrained"] or cfg["model"]["weights"])
+    if cfg["model"]["pretrained"] and not cfg["model"]["weights"]:
+        raise ValueError("model.pretrained needs model.weights (the MediaPipe .tflite) or --weights")
+    freeze = cfg["model"]["freeze_batchnorm"]
+    model = build_model(f"blazeface_{variant}", freeze_batchnorm=from_weights if freeze is None else bool(freeze))
+    if from_weights:
         load_weights(model, cfg["model"]["weights"])
     train_set, val_set = load_datasets(cfg, BlazeFaceAnchors(variant).input_size)
     task = BlazeFaceTask(cfg, device)

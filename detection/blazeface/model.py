@@ -180,8 +180,12 @@ class BlazeFace(nn.Module):
     raw_scores (B, 896))``, both before any decoding / sigmoid.
     """
 
-    def __init__(self, variant: str = "front", num_keypoints: int = 6):
+    def __init__(self, variant: str = "front", num_keypoints: int = 6, freeze_batchnorm: bool = False):
         super().__init__()
+        # Weights imported from MediaPipe carry BN folded into the convs (BN = identity). Batch statistics of
+        # small fine-tuning batches would replace that identity at the first step and wreck the detector, so
+        # fine-tuning keeps BN in inference mode (gamma/beta still train), as detectors do with frozen BN.
+        self.freeze_batchnorm = freeze_batchnorm
         if variant not in VARIANTS:
             raise ValueError(f"unknown BlazeFace variant {variant!r}; expected one of {sorted(VARIANTS)}")
         config = VARIANTS[variant]
@@ -206,6 +210,14 @@ class BlazeFace(nn.Module):
         for conv in (self.head.cls_s8, self.head.cls_s16):
             nn.init.constant_(conv.bias, prior_logit)
 
+    def train(self, mode: bool = True) -> "BlazeFace":
+        super().train(mode)
+        if mode and self.freeze_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != self.input_size or x.shape[3] != self.input_size:
             raise ValueError(
@@ -228,10 +240,10 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
 
 
 @register_model("blazeface_front")
-def blazeface_front(num_keypoints: int = 6) -> BlazeFace:
-    return BlazeFace("front", num_keypoints=num_keypoints)
+def blazeface_front(num_keypoints: int = 6, freeze_batchnorm: bool = False) -> BlazeFace:
+    return BlazeFace("front", num_keypoints=num_keypoints, freeze_batchnorm=freeze_batchnorm)
 
 
 @register_model("blazeface_back")
-def blazeface_back(num_keypoints: int = 6) -> BlazeFace:
-    return BlazeFace("back", num_keypoints=num_keypoints)
+def blazeface_back(num_keypoints: int = 6, freeze_batchnorm: bool = False) -> BlazeFace:
+    return BlazeFace("back", num_keypoints=num_keypoints, freeze_batchnorm=freeze_batchnorm)
