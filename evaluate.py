@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     plot = Path(args.plot) if args.plot else (Path(args.out).with_suffix(".pr.png") if args.out else
                                                   Path("pr_curve.png"))
     plot.parent.mkdir(parents=True, exist_ok=True)
-    plot_precision_recall({f"{args.detector}": curve}, plot, title=f"{Path(args.data).name}")
+    plot_precision_recall({args.detector: curve}, plot, title=f"{Path(args.data).parent.name}/{Path(args.data).name}")
     results["plot"] = str(plot)
     print(f"precision-recall curve: {plot}")
     if args.out:
