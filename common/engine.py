@@ -166,7 +166,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch_index} "
-                    f"({', '.join(f'{k}={float(v):.4g}' for k, v in terms.items())}); stopped. The last good "
+                    f"({', '.join(f'{k}={float(v.detach()):.4g}' for k, v in terms.items())}); stopped. The last good "
                     f"checkpoint is {self.checkpoint_path('last')}; lower the learning rate or check that batch.")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

@@ -18,18 +18,18 @@ def make_tiles(height: int, width: int, zooms: Sequence[int], overlap: float = 0
     """``(x1, y1, x2, y2)`` pixel tiles for every zoom level, whole photo first."""
     tiles = []
     for zoom in zooms:
-        side = max(height, width) / zoom
+        side = math.ceil(max(height, width) / zoom)
         step = side * (1 - overlap)
 
-        def starts(extent: float) -> list[float]:
+        def starts(extent: int) -> list[int]:
             if extent <= side:
-                return [0.0]
+                return [0]
             count = math.ceil((extent - side) / step) + 1
-            return [min(i * step, extent - side) for i in range(count)]
+            return [min(round(i * step), extent - side) for i in range(count)]
 
         for y in starts(height):
             for x in starts(width):
-                tiles.append((round(x), round(y), round(min(x + side, width)), round(min(y + side, height))))
+                tiles.append((x, y, min(x + side, width), min(y + side, height)))
     return list(dict.fromkeys(tiles))
 
 

@@ -127,3 +127,23 @@ def test_ddp_two_cpu_processes(tmp_path, crops_csv):
     assert [r["epoch"] for r in records] == [1, 2]  # written once, by rank 0
     state = torch.load(tmp_path / "c" / "BlazeFace_final.pth", weights_only=False)
     assert not any(key.startswith("module.") for key in state["model"])
+
+
+@pytest.mark.slow
+def test_train_cli_with_the_shipped_config(tmp_path):
+    shared_path(*TFLITE)
+    pytest.importorskip("tflite")
+    result = run_cli("train.py", "--stage", "detection", "--config", "configs/detection_blazeface.yaml",
+                     "--epochs", "2", "--num-workers", "0", "--device", "cpu",
+                     "--checkpoint-dir", str(tmp_path / "c"), "--log-dir", str(tmp_path / "l"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val/ap50=" in result.stdout
+    saved = (tmp_path / "c" / "config.yaml").read_text()
+    assert "epochs: 2" in saved and "pretrained: true" in saved
+    assert {p.name for p in (tmp_path / "c").glob("*.pth")} >= {"BlazeFace_best.pth", "BlazeFace_final.pth",
+                                                              "BlazeFace_last.pth"}
+    again = run_cli("train.py", "--stage", "detection", "--config", "configs/detection_blazeface.yaml",
+                    "--epochs", "3", "--num-workers", "0", "--device", "cpu",
+                    "--checkpoint-dir", str(tmp_path / "c"), "--log-dir", str(tmp_path / "l"))
+    assert again.returncode == 0 and "epoch 2 done" in again.stdout + again.stderr
+    assert "epoch 3/3" in again.stdout
