@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from common.cli import run_cli
-from common.config import build_config
 from common.metrics import plot_precision_recall
 
 BENCHMARKS = ("detection",)
@@ -21,7 +20,7 @@ BENCHMARKS = ("detection",)
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    parser.add_argument("--detector", default="blazeface", choices=["blazeface"])
+    parser.add_argument("--detector", default="blazeface", choices=["blazeface", "mtcnn"])
     parser.add_argument("--config", help="detector config (default: configs/detection_<detector>.yaml)")
     parser.add_argument("--weights", help="weights to evaluate (default: model.weights of the config)")
     parser.add_argument("--data", required=True,
@@ -42,22 +41,20 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from common.registry import build_detector
     from detection.evaluation import evaluate_detector, load_benchmark
-    from detection.training import DETECTION_DEFAULTS
+    from detection.training import default_config_path, detection_config, detector_from_config
 
-    config_path = args.config or Path(__file__).resolve().parent / "configs" / f"detection_{args.detector}.yaml"
-    cfg = build_config(DETECTION_DEFAULTS, config_path, {"model.weights": args.weights,
-                                                         "inference.tile_zooms": args.tile_zooms})
-    detector = build_detector(args.detector, weights=cfg["model"]["weights"], variant=cfg["model"]["variant"],
-                              device=args.device, score_threshold=args.score_threshold,
-                              nms_iou=cfg["inference"]["nms_iou"], tile_zooms=cfg["inference"]["tile_zooms"])
+    # AP needs the low-scoring detections too: --score-threshold replaces the config's inference threshold.
+    cfg = detection_config(args.detector, args.config or default_config_path(args.detector),
+                           {"model.weights": args.weights, "inference.tile_zooms": args.tile_zooms,
+                            "inference.score_threshold": args.score_threshold})
+    detector = detector_from_config(cfg, args.device)
     items = load_benchmark(args.data, args.data_root, args.format)
     curve = evaluate_detector(detector, items, args.iou)
     matching = "nose point inside box" if items and "gt_points" in items[0] else f"IoU>={args.iou}"
     results = {"benchmark": "detection", "detector": args.detector, "weights": str(cfg["model"]["weights"]),
                "data": str(args.data), "images": len(items), "faces": curve.num_ground_truth,
-               "detections": curve.num_detections, "tile_zooms": cfg["inference"]["tile_zooms"], "matching": matching, "ap50": round(curve.ap, 4),
+               "detections": curve.num_detections, "inference": cfg["inference"], "matching": matching, "ap50": round(curve.ap, 4),
                "max_recall": round(float(curve.recall[-1]) if len(curve.recall) else 0.0, 4)}
     print(f"AP@0.5 = {curve.ap:.4f}  ({curve.num_ground_truth} faces in {len(items)} images, {matching}, "
           f"max recall {results['max_recall']:.3f})")

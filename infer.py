@@ -19,14 +19,13 @@ import numpy as np
 from tqdm import tqdm
 
 from common.cli import run_cli
-from common.config import build_config
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detector", default="blazeface", choices=["blazeface"])
+    parser.add_argument("--detector", default="blazeface", choices=["blazeface", "mtcnn"])
     parser.add_argument("--config", help="detector config (default: configs/detection_<detector>.yaml)")
     parser.add_argument("--weights", help="weights (default: model.weights of the config)")
     parser.add_argument("--input", required=True, help="image, folder, video file, or webcam index (0, 1, ...)")
@@ -82,16 +81,12 @@ def images(source: Path):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from common.registry import build_detector
-    from detection.training import DETECTION_DEFAULTS
+    from detection.training import default_config_path, detection_config, detector_from_config
 
-    config_path = args.config or Path(__file__).resolve().parent / "configs" / f"detection_{args.detector}.yaml"
-    cfg = build_config(DETECTION_DEFAULTS, config_path, {"model.weights": args.weights,
-                                                         "inference.tile_zooms": args.tile_zooms,
-                                                         "inference.score_threshold": args.score_threshold})
-    detector = build_detector(args.detector, weights=cfg["model"]["weights"], variant=cfg["model"]["variant"],
-                              device=args.device, score_threshold=cfg["inference"]["score_threshold"],
-                              nms_iou=cfg["inference"]["nms_iou"], tile_zooms=cfg["inference"]["tile_zooms"])
+    cfg = detection_config(args.detector, args.config or default_config_path(args.detector),
+                           {"model.weights": args.weights, "inference.tile_zooms": args.tile_zooms,
+                            "inference.score_threshold": args.score_threshold})
+    detector = detector_from_config(cfg, args.device)
     source = Path(args.input)
     if args.input.isdigit() or source.suffix.lower() in VIDEO_EXTENSIONS:
         stream = frames(args.input, args.max_frames)

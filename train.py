@@ -2,6 +2,7 @@
 """Train a stage of the pipeline from a YAML config; flags and ``--set key=value`` override the file.
 
     python train.py --stage detection --config configs/detection_blazeface.yaml
+    python train.py --stage detection --config configs/detection_mtcnn.yaml --mtcnn-stage onet
     torchrun --nproc_per_node 2 train.py --stage detection --config configs/detection_blazeface.yaml
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 
 from common.cli import run_cli
-from common.config import ConfigError, build_config
+from common.config import ConfigError
 
 STAGES = ("detection", "embedding", "matching", "all")
 
@@ -30,14 +31,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.stage != "detection":
         raise ConfigError(f"stage {args.stage!r} is not implemented yet; available: detection")
-    from detection.training import DETECTION_DEFAULTS, detection_overrides, run_detection_training
-    cfg = build_config(DETECTION_DEFAULTS, args.config, detection_overrides(args), args.set)
+    from detection.training import detection_config, run_detection_training
+    cfg = detection_config(args.detector, args.config, set_items=args.set, args=args)
     if cfg["stage"] != "detection":
         raise ConfigError(f"{args.config}: stage is {cfg['stage']!r} but --stage detection was given")
-    history = run_detection_training(cfg)
-    if history:
-        last = history[-1]
-        print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
+    run_detection_training(cfg)
     return 0
 
 

@@ -1,70 +1,70 @@
-"""``train.py --stage detection``: config schema, data, model, loss and the shared trainer, wired together."""
+"""What ``train.py``, ``evaluate.py`` and ``infer.py`` share about detectors: flags, config schema per detector,
+the training entry point and the photo detector a config describes."""
 from __future__ import annotations
 
 import argparse
-import copy
+import importlib
+from pathlib import Path
 
-import torch
-from torchvision.utils import draw_bounding_boxes, make_grid
+from common.config import ConfigError, build_config, load_yaml
 
-from common.config import save_config
-from common.engine import Trainer, init_distributed, is_main_process, make_loader, resolve_device
-from common.metrics import average_precision
-from common.registry import build_model
-from detection.blazeface.detector import load_weights, normalize
-from detection.blazeface.loss import BlazeFaceLoss, anchor_metrics
-from detection.blazeface.postprocess import BlazeFacePostprocessor
-from detection.blazeface.targets import BlazeFaceAnchors, BlazeFaceTargetBuilder
-from detection.data.dataset import DEFAULT_AUGMENTATION, FaceDetectionDataset, collate_detection
-from detection.data.readers import read_annotations, split_by_image
+ROOT = Path(__file__).resolve().parents[1]
 
-DETECTION_DEFAULTS = {
-    "stage": "detection",
-    "detector": "blazeface",
-    # freeze_batchnorm: null = frozen when starting from weights (see BlazeFace.train), else trained
-    "model": {"variant": "front", "pretrained": False, "weights": None, "freeze_batchnorm": None},
-    "data": {"format": "auto", "train": None, "val": None, "root": None, "val_fraction": 0.2, "split_seed": 42,
-             "augment": True, "augmentation": dict(DEFAULT_AUGMENTATION)},
-    "loss": {"use_focal_loss": False, "focal_alpha": 0.25, "focal_gamma": 2.0, "detection_weight": 150.0,
-             "keypoint_weight": 50.0, "classification_weight": 35.0, "hard_negative_ratio": 3.0,
-             "huber_delta": 0.1, "positive_iou": 0.5, "negative_iou": 0.35},
-    "train": {"epochs": 500, "batch_size": 32, "lr": 1e-4, "weight_decay": 1e-4, "grad_clip": 10.0,
-              "num_workers": 4, "device": "auto", "seed": 0, "amp": True, "checkpoint_every": 10},
-    "eval": {"score_threshold": 0.05, "nms_iou": 0.3},
-    # infer.py / evaluate.py on whole photos; zooms > 1 add overlapping tiles for small faces (common/tiling.py).
-    # Tiles give false positives more chances: on the CompreFace photos true faces score >= 0.82 and false
-    # positives <= 0.71 with zooms 1 2 4, hence 0.75 rather than MediaPipe's whole-photo 0.5.
-    "inference": {"score_threshold": 0.75, "nms_iou": 0.3, "tile_zooms": [1, 2, 4]},
-    "output": {"checkpoint_dir": "checkpoints", "log_dir": "logs", "resume": None, "auto_resume": True},
+# detector name → (module, its config defaults, training entry, detector from config)
+DETECTORS = {
+    "blazeface": ("detection.blazeface.training", "BLAZEFACE_DEFAULTS", "run_blazeface_training",
+                  "blazeface_from_config"),
+    "mtcnn": ("detection.mtcnn.training", "MTCNN_DEFAULTS", "run_mtcnn_training", "mtcnn_from_config"),
 }
 
-# The seed guide's flags, each setting one config key.
-FLAG_KEYS = {
+
+def _part(detector: str, index: int):
+    if detector not in DETECTORS:
+        raise ConfigError(f"unknown detector {detector!r}; choose from {', '.join(sorted(DETECTORS))}")
+    entry = DETECTORS[detector]
+    return getattr(importlib.import_module(entry[0]), entry[index])
+
+
+def default_config_path(detector: str) -> Path:
+    return ROOT / "configs" / f"detection_{detector}.yaml"
+
+
+# Flags every trainable detector shares, each setting one config key.
+SHARED_FLAG_KEYS = {
     "train_data": "data.train", "val_data": "data.val", "data_root": "data.root",
     "batch_size": "train.batch_size", "epochs": "train.epochs", "lr": "train.lr", "weight_decay": "train.weight_decay",
-    "focal_alpha": "loss.focal_alpha", "focal_gamma": "loss.focal_gamma", "detection_weight": "loss.detection_weight",
-    "classification_weight": "loss.classification_weight", "hard_negative_ratio": "loss.hard_negative_ratio",
     "device": "train.device", "num_workers": "train.num_workers", "checkpoint_dir": "output.checkpoint_dir",
-    "log_dir": "output.log_dir", "resume": "output.resume", "weights": "model.weights", "variant": "model.variant",
+    "log_dir": "output.log_dir", "resume": "output.resume", "weights": "model.weights",
+}
+# Flags of one detector only: flag → (detector, config key).
+DETECTOR_FLAG_KEYS = {
+    "variant": ("blazeface", "model.variant"), "use_focal_loss": ("blazeface", "loss.use_focal_loss"),
+    "focal_alpha": ("blazeface", "loss.focal_alpha"), "focal_gamma": ("blazeface", "loss.focal_gamma"),
+    "detection_weight": ("blazeface", "loss.detection_weight"),
+    "classification_weight": ("blazeface", "loss.classification_weight"),
+    "hard_negative_ratio": ("blazeface", "loss.hard_negative_ratio"), "mtcnn_stage": ("mtcnn", "mtcnn.stage"),
 }
 
 
 def add_detection_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("detection (each flag overrides its key in the YAML config)")
-    group.add_argument("--detector", choices=["blazeface"], help="detector to train (detector)")
+    group.add_argument("--detector", choices=sorted(DETECTORS), help="detector to train (default: the config's)")
     group.add_argument("--variant", choices=["front", "back"], help="BlazeFace variant (model.variant)")
+    group.add_argument("--mtcnn-stage", choices=["pnet", "rnet", "onet", "all"],
+                       help="MTCNN net(s) to train (mtcnn.stage): pnet, rnet, onet, or all three in order")
     group.add_argument("--csv-format", action="store_true", help="annotations are the seed CSV (data.format=csv)")
     group.add_argument("--train-data", help="training annotations: CSV, WIDER txt, label.txt, COCO json, dlib xml")
     group.add_argument("--val-data", help="validation annotations; without it 20%% of the images (seed 42)")
     group.add_argument("--data-root", help="folder that relative image paths start from")
     group.add_argument("--pretrained", action="store_true", default=None,
-                       help="start from MediaPipe weights (model.weights, a .tflite)")
+                       help="start from published weights (BlazeFace: MediaPipe .tflite; MTCNN: facenet-pytorch)")
     group.add_argument("--weights", help="weights to start from or to load (model.weights)")
     group.add_argument("--batch-size", type=int)
     group.add_argument("--epochs", type=int)
     group.add_argument("--lr", type=float)
     group.add_argument("--weight-decay", type=float)
-    group.add_argument("--use-focal-loss", action="store_true", default=None, help="focal loss instead of BCE")
+    group.add_argument("--use-focal-loss", action="store_true", default=None,
+                       help="BlazeFace: focal loss instead of BCE")
     group.add_argument("--focal-alpha", type=float)
     group.add_argument("--focal-gamma", type=float)
     group.add_argument("--detection-weight", type=float, help="weight of the box regression loss")
@@ -78,116 +78,30 @@ def add_detection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-auto-resume", action="store_true", help="start fresh even if a checkpoint exists")
 
 
-def detection_overrides(args: argparse.Namespace) -> dict:
-    overrides = {key: getattr(args, flag, None) for flag, key in FLAG_KEYS.items()}
-    overrides["detector"] = getattr(args, "detector", None)
-    overrides["data.format"] = "csv" if getattr(args, "csv_format", False) else None
-    overrides["model.pretrained"] = getattr(args, "pretrained", None)
-    overrides["loss.use_focal_loss"] = getattr(args, "use_focal_loss", None)
-    overrides["output.auto_resume"] = False if getattr(args, "no_auto_resume", False) else None
-    return overrides
+def detection_config(detector: str | None, config_path, flag_overrides: dict | None = None,
+                     set_items=(), args: argparse.Namespace | None = None) -> dict:
+    """The effective config of a detector: its defaults ← the YAML ← flags ← ``--set``. The detector is
+    ``detector`` if given, else the YAML's ``detector`` key, else BlazeFace."""
+    if detector is None:
+        detector = (load_yaml(config_path).get("detector") if config_path else None) or "blazeface"
+    overrides = {"detector": detector}
+    if args is not None:
+        overrides.update({key: getattr(args, flag, None) for flag, key in SHARED_FLAG_KEYS.items()})
+        overrides["data.format"] = "csv" if getattr(args, "csv_format", False) else None
+        overrides["model.pretrained"] = getattr(args, "pretrained", None)
+        overrides["output.auto_resume"] = False if getattr(args, "no_auto_resume", False) else None
+        for flag, (owner, key) in DETECTOR_FLAG_KEYS.items():
+            value = getattr(args, flag, None)
+            if value is not None and owner != detector:
+                raise ConfigError(f"--{flag.replace('_', '-')} applies to {owner} only, not {detector}")
+            overrides[key] = value
+    overrides.update(flag_overrides or {})
+    return build_config(_part(detector, 1), config_path, overrides, set_items)
 
 
-def load_datasets(cfg: dict, input_size: int):
-    data = cfg["data"]
-    if not data["train"]:
-        raise ValueError("no training data: set data.train in the config or pass --train-data")
-    fmt = None if data["format"] == "auto" else data["format"]
-    train = read_annotations(data["train"], data_root=data["root"], fmt=fmt)
-    if data["val"]:
-        val = read_annotations(data["val"], data_root=data["root"], fmt=fmt)
-    else:
-        train, val = split_by_image(train, val_fraction=data["val_fraction"], seed=data["split_seed"])
-    augmentation = data["augmentation"] if data["augment"] else None
-    return (FaceDetectionDataset(train, input_size, augmentation, seed=cfg["train"]["seed"]),
-            FaceDetectionDataset(val, input_size, None))
+def run_detection_training(cfg: dict):
+    return _part(cfg["detector"], 2)(cfg)
 
 
-class BlazeFaceTask:
-    """The BlazeFace pieces the trainer calls: one training step, validation, and image grids."""
-
-    def __init__(self, cfg: dict, device: torch.device):
-        self.device = device
-        self.anchors = BlazeFaceAnchors(cfg["model"]["variant"])
-        loss_cfg = dict(cfg["loss"])
-        self.targets = BlazeFaceTargetBuilder(self.anchors, loss_cfg.pop("positive_iou"), loss_cfg.pop("negative_iou"))
-        self.loss = BlazeFaceLoss(self.anchors.input_size, **loss_cfg)
-        self.postprocess = BlazeFacePostprocessor(self.anchors, cfg["eval"]["score_threshold"], cfg["eval"]["nms_iou"])
-
-    def _forward(self, model, batch):
-        images, targets = batch
-        encoded = {k: v.to(self.device) for k, v in self.targets(targets).items()}
-        raw_regressors, raw_scores = model(normalize(images.to(self.device)))
-        return raw_regressors, raw_scores, encoded
-
-    def step(self, model, batch) -> dict:
-        raw_regressors, raw_scores, encoded = self._forward(model, batch)
-        terms = self.loss(raw_regressors.float(), raw_scores.float(), encoded)
-        terms.update(anchor_metrics(raw_regressors, raw_scores, encoded, self.anchors))
-        return terms
-
-    def evaluate(self, model, loader) -> dict:
-        sums, count, images = {}, 0, []
-        for batch in loader:
-            raw_regressors, raw_scores, encoded = self._forward(model, batch)
-            terms = self.loss(raw_regressors, raw_scores, encoded)
-            terms.update(anchor_metrics(raw_regressors, raw_scores, encoded, self.anchors))
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            count += 1
-            for detections, target in zip(self.postprocess(raw_regressors, raw_scores), batch[1]):
-                images.append({"pred_boxes": detections.boxes, "pred_scores": detections.scores,
-                               "gt_boxes": target["boxes"], "gt_ignore": target["ignore"]})
-        metrics = {k: v / max(count, 1) for k, v in sums.items()}
-        metrics["ap50"] = average_precision(images).ap
-        return metrics
-
-    def visualize(self, model, batch, max_images: int = 8) -> torch.Tensor:
-        images, targets = batch
-        images = images[:max_images]
-        raw_regressors, raw_scores = model(normalize(images.to(self.device)))
-        drawn = []
-        for image, target, detections in zip(images, targets, self.postprocess(raw_regressors, raw_scores)):
-            confident = detections[detections.scores >= 0.5]
-            for boxes, colour in ((target["boxes"], "lime"), (confident.boxes, "red")):
-                if len(boxes):
-                    image = draw_bounding_boxes(image, boxes, colors=colour, width=1)
-            drawn.append(image)
-        return make_grid(drawn, nrow=4)  # (3, H, W) uint8: ground truth green, detections red
-
-
-def run_detection_training(cfg: dict) -> list[dict]:
-    device = resolve_device(cfg["train"]["device"])
-    init_distributed(device)
-    torch.manual_seed(cfg["train"]["seed"])
-    variant = cfg["model"]["variant"]
-    from_weights = bool(cfg["model"]["pretrained"] or cfg["model"]["weights"])
-    if cfg["model"]["pretrained"] and not cfg["model"]["weights"]:
-        raise ValueError("model.pretrained needs model.weights (the MediaPipe .tflite) or --weights")
-    freeze = cfg["model"]["freeze_batchnorm"]
-    model = build_model(f"blazeface_{variant}", freeze_batchnorm=from_weights if freeze is None else bool(freeze))
-    if from_weights:
-        load_weights(model, cfg["model"]["weights"])
-    train_set, val_set = load_datasets(cfg, BlazeFaceAnchors(variant).input_size)
-    task = BlazeFaceTask(cfg, device)
-    tcfg = cfg["train"]
-    train_loader = make_loader(train_set, tcfg["batch_size"], True, tcfg["num_workers"], collate_detection,
-                               tcfg["seed"])
-    val_loader = make_loader(val_set, tcfg["batch_size"], False, tcfg["num_workers"], collate_detection,
-                             tcfg["seed"]) if len(val_set) else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(tcfg["epochs"], 1),
-                                                           eta_min=tcfg["lr"] * 0.01)
-    out = cfg["output"]
-    trainer = Trainer(model, optimizer, scheduler, task.step, out["checkpoint_dir"], out["log_dir"], "BlazeFace",
-                      device, tcfg["epochs"], copy.deepcopy(cfg), evaluate_fn=task.evaluate,
-                      visualize_fn=task.visualize, grad_clip=tcfg["grad_clip"], amp=tcfg["amp"],
-                      checkpoint_every=tcfg["checkpoint_every"], best_metric="ap50" if val_loader else "loss",
-                      best_mode="max" if val_loader else "min", seed=tcfg["seed"])
-    if is_main_process():
-        save_config(cfg, out["checkpoint_dir"])
-    resume = out["resume"] or (trainer.auto_resume_path() if out["auto_resume"] else None)
-    if resume:
-        trainer.resume(resume)
-    return trainer.fit(train_loader, val_loader)
-
+def detector_from_config(cfg: dict, device: str):
+    return _part(cfg["detector"], 3)(cfg, device)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from common.config import build_config
-from detection.training import DETECTION_DEFAULTS, run_detection_training
+from detection.blazeface.training import BLAZEFACE_DEFAULTS, run_blazeface_training
 from tests.blazeface_data import write_face_crops
 from tests.conftest import ROOT, shared_path
 
@@ -22,7 +22,7 @@ def config(tmp_path, **overrides):
             "output.checkpoint_dir": str(tmp_path / "ckpt"), "output.log_dir": str(tmp_path / "logs"),
             "model.pretrained": False}
     base.update(overrides)
-    return build_config(DETECTION_DEFAULTS, None, base)
+    return build_config(BLAZEFACE_DEFAULTS, None, base)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_overfit_a_few_real_photos(tmp_path, crops_csv):
     cfg = config(tmp_path, **{"data.train": str(crops_csv), "data.val": str(crops_csv), "data.augment": False,
                               "train.epochs": 120, "train.batch_size": 8, "train.lr": 3e-3,
                               "train.weight_decay": 0.0})
-    history = run_detection_training(cfg)
+    history = run_blazeface_training(cfg)
     first, last = history[0], history[-1]
     assert last["train/loss"] < 0.2 * first["train/loss"]
     assert first["val/ap50"] < 0.5
@@ -50,11 +50,11 @@ def test_overfit_a_few_real_photos(tmp_path, crops_csv):
 def test_resume_continues_the_same_loss_curve(tmp_path, crops_csv):
     common = {"data.train": str(crops_csv), "data.val": None, "data.val_fraction": 0.25, "train.batch_size": 3,
               "train.lr": 1e-3}
-    full = run_detection_training(config(tmp_path / "full", **common, **{"train.epochs": 3,
+    full = run_blazeface_training(config(tmp_path / "full", **common, **{"train.epochs": 3,
                                                                           "train.checkpoint_every": 1}))
     # A run stopped after epoch 1 left this checkpoint; a new run resumes from it.
     after_epoch_1 = tmp_path / "full" / "ckpt" / "BlazeFace_epoch1.pth"
-    resumed = run_detection_training(config(tmp_path / "resumed", **common, **{"train.epochs": 3,
+    resumed = run_blazeface_training(config(tmp_path / "resumed", **common, **{"train.epochs": 3,
                                                                                "output.resume": str(after_epoch_1)}))
     assert [r["epoch"] for r in resumed] == [2, 3]
     for uninterrupted, continued in zip(full[1:], resumed):
@@ -73,7 +73,7 @@ def test_fine_tuning_imported_weights_keeps_ap(tmp_path, crops_csv):
                               "train.lr": 1e-4})
     before = imported_ap(cfg)
     assert before > 0.5  # the imported model already finds these faces
-    history = run_detection_training(cfg)
+    history = run_blazeface_training(cfg)
     assert min(r["val/ap50"] for r in history) >= before - 0.1
     assert history[-1]["val/ap50"] >= 0.5
 
@@ -84,7 +84,7 @@ def imported_ap(cfg) -> float:
     from common.registry import build_model
     from detection.blazeface.detector import load_weights
     from detection.data.dataset import collate_detection
-    from detection.training import BlazeFaceTask, load_datasets
+    from detection.blazeface.training import BlazeFaceTask, load_datasets
 
     model = load_weights(build_model("blazeface_front"), cfg["model"]["weights"]).eval()
     _, val_set = load_datasets(cfg, 128)

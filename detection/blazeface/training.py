@@ -1,0 +1,148 @@
+"""BlazeFace training: config schema, data, model, loss and the shared trainer, wired together."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from common.config import save_config
+from common.engine import Trainer, init_distributed, is_main_process, make_loader, resolve_device
+from common.metrics import average_precision
+from common.registry import build_detector, build_model
+from detection.blazeface.detector import load_weights, normalize
+from detection.blazeface.loss import BlazeFaceLoss, anchor_metrics
+from detection.blazeface.postprocess import BlazeFacePostprocessor
+from detection.blazeface.targets import BlazeFaceAnchors, BlazeFaceTargetBuilder
+from detection.data.dataset import DEFAULT_AUGMENTATION, FaceDetectionDataset, collate_detection
+from detection.data.readers import read_annotations, split_by_image
+
+BLAZEFACE_DEFAULTS = {
+    "stage": "detection",
+    "detector": "blazeface",
+    # freeze_batchnorm: null = frozen when starting from weights (see BlazeFace.train), else trained
+    "model": {"variant": "front", "pretrained": False, "weights": None, "freeze_batchnorm": None},
+    "data": {"format": "auto", "train": None, "val": None, "root": None, "val_fraction": 0.2, "split_seed": 42,
+             "augment": True, "augmentation": dict(DEFAULT_AUGMENTATION)},
+    "loss": {"use_focal_loss": False, "focal_alpha": 0.25, "focal_gamma": 2.0, "detection_weight": 150.0,
+             "keypoint_weight": 50.0, "classification_weight": 35.0, "hard_negative_ratio": 3.0,
+             "huber_delta": 0.1, "positive_iou": 0.5, "negative_iou": 0.35},
+    "train": {"epochs": 500, "batch_size": 32, "lr": 1e-4, "weight_decay": 1e-4, "grad_clip": 10.0,
+              "num_workers": 4, "device": "auto", "seed": 0, "amp": True, "checkpoint_every": 10},
+    "eval": {"score_threshold": 0.05, "nms_iou": 0.3},
+    # infer.py / evaluate.py on whole photos; zooms > 1 add overlapping tiles for small faces (common/tiling.py).
+    # Tiles give false positives more chances: on the CompreFace photos true faces score >= 0.82 and false
+    # positives <= 0.71 with zooms 1 2 4, hence 0.75 rather than MediaPipe's whole-photo 0.5.
+    "inference": {"score_threshold": 0.75, "nms_iou": 0.3, "tile_zooms": [1, 2, 4]},
+    "output": {"checkpoint_dir": "checkpoints", "log_dir": "logs", "resume": None, "auto_resume": True},
+}
+
+def blazeface_from_config(cfg: dict, device: str):
+    """The photo detector a config describes (infer.py / evaluate.py)."""
+    return build_detector("blazeface", weights=cfg["model"]["weights"], variant=cfg["model"]["variant"],
+                          device=device, **cfg["inference"])
+
+
+def load_datasets(cfg: dict, input_size: int):
+    data = cfg["data"]
+    if not data["train"]:
+        raise ValueError("no training data: set data.train in the config or pass --train-data")
+    fmt = None if data["format"] == "auto" else data["format"]
+    train = read_annotations(data["train"], data_root=data["root"], fmt=fmt)
+    if data["val"]:
+        val = read_annotations(data["val"], data_root=data["root"], fmt=fmt)
+    else:
+        train, val = split_by_image(train, val_fraction=data["val_fraction"], seed=data["split_seed"])
+    augmentation = data["augmentation"] if data["augment"] else None
+    return (FaceDetectionDataset(train, input_size, augmentation, seed=cfg["train"]["seed"]),
+            FaceDetectionDataset(val, input_size, None))
+
+
+class BlazeFaceTask:
+    """The BlazeFace pieces the trainer calls: one training step, validation, and image grids."""
+
+    def __init__(self, cfg: dict, device: torch.device):
+        self.device = device
+        self.anchors = BlazeFaceAnchors(cfg["model"]["variant"])
+        loss_cfg = dict(cfg["loss"])
+        self.targets = BlazeFaceTargetBuilder(self.anchors, loss_cfg.pop("positive_iou"), loss_cfg.pop("negative_iou"))
+        self.loss = BlazeFaceLoss(self.anchors.input_size, **loss_cfg)
+        self.postprocess = BlazeFacePostprocessor(self.anchors, cfg["eval"]["score_threshold"], cfg["eval"]["nms_iou"])
+
+    def _forward(self, model, batch):
+        images, targets = batch
+        encoded = {k: v.to(self.device) for k, v in self.targets(targets).items()}
+        raw_regressors, raw_scores = model(normalize(images.to(self.device)))
+        return raw_regressors, raw_scores, encoded
+
+    def step(self, model, batch) -> dict:
+        raw_regressors, raw_scores, encoded = self._forward(model, batch)
+        terms = self.loss(raw_regressors.float(), raw_scores.float(), encoded)
+        terms.update(anchor_metrics(raw_regressors, raw_scores, encoded, self.anchors))
+        return terms
+
+    def evaluate(self, model, loader) -> dict:
+        sums, count, images = {}, 0, []
+        for batch in loader:
+            raw_regressors, raw_scores, encoded = self._forward(model, batch)
+            terms = self.loss(raw_regressors, raw_scores, encoded)
+            terms.update(anchor_metrics(raw_regressors, raw_scores, encoded, self.anchors))
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+            for detections, target in zip(self.postprocess(raw_regressors, raw_scores), batch[1]):
+                images.append({"pred_boxes": detections.boxes, "pred_scores": detections.scores,
+                               "gt_boxes": target["boxes"], "gt_ignore": target["ignore"]})
+        metrics = {k: v / max(count, 1) for k, v in sums.items()}
+        metrics["ap50"] = average_precision(images).ap
+        return metrics
+
+    def visualize(self, model, batch, max_images: int = 8) -> torch.Tensor:
+        images, targets = batch
+        images = images[:max_images]
+        raw_regressors, raw_scores = model(normalize(images.to(self.device)))
+        drawn = []
+        for image, target, detections in zip(images, targets, self.postprocess(raw_regressors, raw_scores)):
+            confident = detections[detections.scores >= 0.5]
+            for boxes, colour in ((target["boxes"], "lime"), (confident.boxes, "red")):
+                if len(boxes):
+                    image = draw_bounding_boxes(image, boxes, colors=colour, width=1)
+            drawn.append(image)
+        return make_grid(drawn, nrow=4)  # (3, H, W) uint8: ground truth green, detections red
+
+
+def run_blazeface_training(cfg: dict) -> list[dict]:
+    device = resolve_device(cfg["train"]["device"])
+    init_distributed(device)
+    torch.manual_seed(cfg["train"]["seed"])
+    variant = cfg["model"]["variant"]
+    from_weights = bool(cfg["model"]["pretrained"] or cfg["model"]["weights"])
+    if cfg["model"]["pretrained"] and not cfg["model"]["weights"]:
+        raise ValueError("model.pretrained needs model.weights (the MediaPipe .tflite) or --weights")
+    freeze = cfg["model"]["freeze_batchnorm"]
+    model = build_model(f"blazeface_{variant}", freeze_batchnorm=from_weights if freeze is None else bool(freeze))
+    if from_weights:
+        load_weights(model, cfg["model"]["weights"])
+    train_set, val_set = load_datasets(cfg, BlazeFaceAnchors(variant).input_size)
+    task = BlazeFaceTask(cfg, device)
+    tcfg = cfg["train"]
+    train_loader = make_loader(train_set, tcfg["batch_size"], True, tcfg["num_workers"], collate_detection,
+                               tcfg["seed"])
+    val_loader = make_loader(val_set, tcfg["batch_size"], False, tcfg["num_workers"], collate_detection,
+                             tcfg["seed"]) if len(val_set) else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(tcfg["epochs"], 1),
+                                                           eta_min=tcfg["lr"] * 0.01)
+    out = cfg["output"]
+    trainer = Trainer(model, optimizer, scheduler, task.step, out["checkpoint_dir"], out["log_dir"], "BlazeFace",
+                      device, tcfg["epochs"], copy.deepcopy(cfg), evaluate_fn=task.evaluate,
+                      visualize_fn=task.visualize, grad_clip=tcfg["grad_clip"], amp=tcfg["amp"],
+                      checkpoint_every=tcfg["checkpoint_every"], best_metric="ap50" if val_loader else "loss",
+                      best_mode="max" if val_loader else "min", seed=tcfg["seed"])
+    if is_main_process():
+        save_config(cfg, out["checkpoint_dir"])
+    resume = out["resume"] or (trainer.auto_resume_path() if out["auto_resume"] else None)
+    if resume:
+        trainer.resume(resume)
+    return trainer.fit(train_loader, val_loader)
+
