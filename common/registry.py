@@ -33,6 +33,8 @@ def _import_model_packages() -> None:
     # Importing a detector package runs its @register_model decorators.
     import detection.blazeface.detector  # noqa: F401
     import detection.blazeface.model  # noqa: F401
+    import detection.mtcnn.detector  # noqa: F401
+    import detection.mtcnn.model  # noqa: F401
 
 
 def available_models() -> list[str]:
