@@ -211,8 +211,13 @@ def test_lfw_batch_matches_facenet_batch(reference):
     images = [_read(str(f.relative_to(SHARED))) for f in files]
     detector = mtcnn_detector(batch_size=8)  # 16 photos of one size: two P-Net batches
     boxes, scores, points = reference.detect(images, landmarks=True)
-    for name, box, score, point, detections in zip(files, boxes, scores, points, detector.detect(images)):
+    found = detector.detect(images)
+    for name, box, score, point, detections in zip(files, boxes, scores, points, found):
         _assert_parity((box, score, point), detections, name.name)
+    # our landmark order: image-left eye, image-right eye, nose, image-left and image-right mouth corner
+    best = torch.stack([d.landmarks[d.scores.argmax()] for d in found if len(d)])  # (N, 5, 2), upright faces
+    assert (best[:, 0, 0] < best[:, 1, 0]).all() and (best[:, 3, 0] < best[:, 4, 0]).all()
+    assert (best[:, 2, 1] > best[:, :2, 1].max(1).values).all() and (best[:, 3:, 1] > best[:, 2:3, 1]).all()
 
 
 def test_max_side_maps_faces_back_to_photo_pixels():
