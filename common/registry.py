@@ -1,12 +1,20 @@
 """Models register themselves by name and are built with ``build_model(name, **cfg)``."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Dict
 
 import torch.nn as nn
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
 _DETECTORS: Dict[str, Callable] = {}
+_EMBEDDERS: Dict[str, Callable] = {}
+
+# Importing these runs their @register_* decorators; a package adds its modules here.
+MODEL_MODULES = (
+    "detection.blazeface.detector", "detection.blazeface.model",
+    "detection.mtcnn.detector", "detection.mtcnn.model",
+)
 
 
 def _register(table: dict, kind: str, name: str):
@@ -29,12 +37,14 @@ def register_detector(name: str):
     return _register(_DETECTORS, "detector", name)
 
 
+def register_embedder(name: str):
+    """Decorator: ``@register_embedder("facenet")`` on a factory ``(weights=None, device="cpu") -> Embedder``."""
+    return _register(_EMBEDDERS, "embedder", name)
+
+
 def _import_model_packages() -> None:
-    # Importing a detector package runs its @register_model decorators.
-    import detection.blazeface.detector  # noqa: F401
-    import detection.blazeface.model  # noqa: F401
-    import detection.mtcnn.detector  # noqa: F401
-    import detection.mtcnn.model  # noqa: F401
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
 
 
 def available_models() -> list[str]:
@@ -61,3 +71,13 @@ def available_detectors() -> list[str]:
 def build_detector(name: str, **cfg):
     """A ready detector: ``build_detector("blazeface", weights=..., device="cpu").detect(images)``."""
     return _build(_DETECTORS, "detector", name, cfg)
+
+
+def available_embedders() -> list[str]:
+    _import_model_packages()
+    return sorted(_EMBEDDERS)
+
+
+def build_embedder(name: str, **cfg):
+    """A ready embedder: ``build_embedder("facenet", weights=..., device="cpu").embed_chips(chips)``."""
+    return _build(_EMBEDDERS, "embedder", name, cfg)

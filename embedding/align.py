@@ -1,0 +1,72 @@
+"""Face alignment: warp a face so its 5 landmarks land on a fixed template, or crop its box with a margin.
+
+The similarity transform (rotation, uniform scale, translation) is fitted by least squares over the five
+points (Umeyama's closed form, reflection excluded); OpenCV's robust LMEDS estimator drifts by pixels when it
+drops points out of five.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+# Landmarks of a frontal face in a 112×112 chip (ArcFace/insightface template): image-left eye, image-right eye,
+# nose tip, image-left mouth corner, image-right mouth corner — the order of ``common.detections``.
+ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                                 [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+
+
+def scaled_template(size: int, base: np.ndarray = ARCFACE_TEMPLATE_112, base_size: int = 112) -> np.ndarray:
+    """``base`` (defined for a ``base_size`` chip) for a ``size``×``size`` chip."""
+    return np.asarray(base, dtype=np.float64) * (size / base_size)
+
+
+def fit_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(2, 3) matrix M of the least-squares similarity with ``M @ [x, y, 1] ≈ target`` for each source point."""
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    source_mean, target_mean = source.mean(0), target.mean(0)
+    source_centred, target_centred = source - source_mean, target - target_mean
+    covariance = target_centred.T @ source_centred / len(source)  # (2, 2)
+    u, singular, vt = np.linalg.svd(covariance)
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:  # exclude reflections
+        sign[-1] = -1
+    rotation = u @ np.diag(sign) @ vt
+    variance = (source_centred ** 2).sum() / len(source)
+    scale = (singular * sign).sum() / variance if variance > 0 else 1.0
+    translation = target_mean - scale * rotation @ source_mean
+    return np.hstack([scale * rotation, translation[:, None]])
+
+
+def _as_numpy(points) -> np.ndarray:
+    return points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
+
+
+def align_faces(image: np.ndarray, landmarks, size: int, template: np.ndarray) -> np.ndarray:
+    """(N, size, size, 3) uint8 chips from an (H, W, 3) uint8 photo and (N, 5, 2) landmarks in photo pixels;
+    ``template`` is (5, 2) in chip pixels. Pixels outside the photo are black."""
+    landmarks = _as_numpy(landmarks).reshape(-1, 5, 2)
+    chips = np.zeros((len(landmarks), size, size, 3), dtype=np.uint8)
+    for i, points in enumerate(landmarks):
+        matrix = fit_similarity(points, template)
+        chips[i] = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return chips
+
+
+def margin_crop(image: np.ndarray, boxes, size: int, margin: float = 0.0) -> np.ndarray:
+    """facenet-pytorch's box-only crop: widen each xyxy box by ``margin`` pixels *of the output chip*, clip it to
+    the photo, and resize it to ``size``×``size`` with area interpolation. (N, size, size, 3) uint8."""
+    boxes = _as_numpy(boxes).reshape(-1, 4).astype(np.float64)
+    height, width = image.shape[:2]
+    chips = np.zeros((len(boxes), size, size, 3), dtype=np.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        pad_x = margin * (x2 - x1) / (size - margin) / 2
+        pad_y = margin * (y2 - y1) / (size - margin) / 2
+        left, top = int(max(x1 - pad_x, 0)), int(max(y1 - pad_y, 0))
+        right, bottom = int(min(x2 + pad_x, width)), int(min(y2 + pad_y, height))
+        if right <= left or bottom <= top:
+            raise ValueError(f"box {[x1, y1, x2, y2]} lies outside the {width}x{height} photo")
+        chips[i] = cv2.resize(image[top:bottom, left:right], (size, size), interpolation=cv2.INTER_AREA)
+    return chips

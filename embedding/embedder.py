@@ -1,0 +1,93 @@
+"""The one embedder interface: aligned face chips in, L2-normalised embeddings out.
+
+An ``Embedder`` couples a network with how its chips must be made (``Alignment``) and normalised, and names
+itself by (model, weights hash, alignment) so embeddings can be cached across runs. Build one by name:
+``build_embedder("facenet", weights=..., device="cpu")``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from embedding.align import align_faces, margin_crop
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """How chips are cut: ``size``×``size`` px, 5-point ``template`` in chip px (x, y) for landmark alignment,
+    ``margin`` (chip px) for the box-only fallback crop."""
+
+    size: int
+    template: tuple[tuple[float, float], ...]
+    margin: float = 0.0
+
+    @property
+    def key(self) -> str:
+        points = ",".join(f"{x:.2f}:{y:.2f}" for x, y in self.template)
+        return f"{self.size}px-{hashlib.sha1(points.encode()).hexdigest()[:8]}-m{self.margin:g}"
+
+    def align(self, image: np.ndarray, landmarks) -> np.ndarray:
+        """(N, size, size, 3) uint8 chips from (N, 5, 2) landmarks in photo px."""
+        return align_faces(image, landmarks, self.size, np.asarray(self.template))
+
+    def crop(self, image: np.ndarray, boxes) -> np.ndarray:
+        """(N, size, size, 3) uint8 chips from (N, 4) xyxy boxes, when there are no landmarks."""
+        return margin_crop(image, boxes, self.size, self.margin)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Embedder:
+    """``model`` maps (B, 3, S, S) float input to (B, D); chips are normalised as ``(rgb - mean) / std``."""
+
+    def __init__(self, name: str, model: nn.Module, alignment: Alignment, mean: Sequence[float],
+                 std: Sequence[float], weights_hash: str, device: str | torch.device = "cpu", batch_size: int = 64):
+        self.name = name
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.alignment = alignment
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.weights_hash = weights_hash
+        self.batch_size = batch_size
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.name}-{self.weights_hash[:16]}-{self.alignment.key}"
+
+    def preprocess(self, chips) -> torch.Tensor:
+        """(N, S, S, 3) uint8 chips (numpy or tensor) → (N, 3, S, S) normalised float32."""
+        chips = torch.as_tensor(np.ascontiguousarray(chips)) if isinstance(chips, np.ndarray) else chips
+        return (chips.permute(0, 3, 1, 2).float() - self.mean) / self.std
+
+    @torch.inference_mode()
+    def embed_chips(self, chips) -> torch.Tensor:
+        """(N, D) float32 L2-normalised embeddings on the CPU, for (N, S, S, 3) uint8 chips."""
+        outputs = [self.model(self.preprocess(chips[i:i + self.batch_size]).to(self.device)).float().cpu()
+                   for i in range(0, len(chips), self.batch_size)]
+        if not outputs:
+            return torch.zeros(0, self.dim)
+        return F.normalize(torch.cat(outputs), dim=1)
+
+    def embed(self, image: np.ndarray, detections) -> torch.Tensor:
+        """Embeddings of every detected face of one (H, W, 3) uint8 photo, aligned by its landmarks."""
+        return self.embed_chips(self.alignment.align(image, detections.landmarks))
+
+    @property
+    def dim(self) -> int:
+        size = self.alignment.size
+        with torch.inference_mode():
+            return int(self.model(torch.zeros(1, 3, size, size, device=self.device)).shape[1])
