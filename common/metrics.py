@@ -18,6 +18,13 @@ class PrecisionRecall:
     num_ground_truth: int
     num_detections: int
 
+    def at_threshold(self, score_threshold: float) -> tuple[float, float]:
+        """(precision, recall) of the detections scoring at least ``score_threshold``: an operating point."""
+        kept = int(np.count_nonzero(self.scores >= score_threshold))
+        if kept == 0:
+            return 1.0, 0.0
+        return float(self.precision[kept - 1]), float(self.recall[kept - 1])
+
 
 def match_image(pred_boxes, pred_scores, gt_boxes, gt_ignore=None, iou_threshold: float = 0.5):
     """Greedy VOC matching in score order → (scores, is_true_positive) of the detections that count.

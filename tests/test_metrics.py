@@ -32,3 +32,13 @@ def test_point_matching():
                                 "gt_points": [[5, 5], [55, 55], [100, 100]]}])
     assert curve.num_ground_truth == 3
     assert curve.ap == pytest.approx(1 / 3 * 1.0 + 1 / 3 * 2 / 3)
+
+
+def test_operating_point_counts_only_detections_above_the_threshold():
+    images = [{"pred_boxes": [[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]], "pred_scores": [0.9, 0.8, 0.3],
+               "gt_boxes": [[0, 0, 10, 10], [20, 20, 30, 30]]}]
+    curve = average_precision(images)
+    assert curve.at_threshold(0.85) == (1.0, 0.5)
+    assert curve.at_threshold(0.5) == (0.5, 0.5)
+    assert curve.at_threshold(0.1) == (2 / 3, 1.0)
+    assert curve.at_threshold(0.95) == (1.0, 0.0)

@@ -271,3 +271,13 @@ def test_max_side_is_faster_than_facenet_on_large_photos_and_keeps_recall(photo,
     assert hits >= facenet_hits and hits == len(noses)
     assert false <= facenet_false
     assert our_seconds < facenet_seconds / 3
+
+
+def test_photos_without_faces_or_too_small_for_the_pyramid_give_empty_detections():
+    detector = mtcnn_detector()
+    blank, tiny = np.zeros((200, 300, 3), np.uint8), np.full((5, 7, 3), 128, np.uint8)
+    for found in detector.detect([blank, tiny]):
+        assert len(found) == 0 and found.landmarks.shape == (0, 5, 2)
+    assert detector.propose(blank, "rnet").shape == (0, 4)
+    with pytest.raises(ValueError, match="pnet or rnet"):
+        detector.propose(blank, "onet")

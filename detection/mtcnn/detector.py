@@ -146,6 +146,21 @@ class MTCNNDetector:
 
     # -- public -------------------------------------------------------------------------------------------
     @torch.inference_mode()
+    def propose(self, image: np.ndarray, through: str = "pnet") -> torch.Tensor:
+        """The square boxes (K, 4), photo px, that the cascade hands on after ``through`` (pnet → R-Net's inputs,
+        rnet → O-Net's inputs) for one RGB uint8 photo at its own size: what hard-sample mining learns from."""
+        if through not in ("pnet", "rnet"):
+            raise ValueError(f"proposals come after pnet or rnet, not {through!r}")
+        height, width = image.shape[:2]
+        sampler = AreaSampler([image], self.device)
+        ids, boxes = self._propose(sampler, [(height, width)], [self.min_face])
+        if through == "rnet" and len(ids):
+            heights = torch.tensor([height], device=self.device)
+            widths = torch.tensor([width], device=self.device)
+            ids, boxes = self._refine(sampler, ids, boxes, heights, widths)
+        return boxes.float().cpu()
+
+    @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """RGB uint8 (H, W, 3) photos → one ``Detections`` each, in photo pixels, by decreasing score."""
         images = list(images)

@@ -13,7 +13,6 @@ else a random initialisation.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from detection.data.readers import FaceAnnotation, read_annotations, split_by_im
 from detection.mtcnn.detector import DEFAULT_THRESHOLDS, PYRAMID_FACTOR, MTCNNDetector, mtcnn_detector
 from detection.mtcnn.loss import BOX_LOSSES, PAPER_TASK_WEIGHTS, MTCNNLoss, classification_metrics
 from detection.mtcnn.model import ONet, PNet, RNet, load_facenet_weights, normalize
-from detection.mtcnn.postprocess import AreaSampler
 from detection.mtcnn.targets import (AUGMENTATION_DEFAULTS, LANDMARK, NEGATIVE, PART, POSITIVE, SAMPLING_DEFAULTS,
                                      STAGES, MTCNNSampleDataset, MTCNNSamples, Proposer, collate_samples,
                                      decode_boxes, describe, footprints_of_boxes, generate_samples)
@@ -44,6 +42,8 @@ def _stage_defaults(stage: str) -> dict:
     # epochs / lr: null = train.epochs / train.lr
     return {"epochs": None, "lr": None, "task_weights": dict(PAPER_TASK_WEIGHTS[stage])}
 
+
+MAX_SIDE = 2048  # inference: longer side (px) large photos are shrunk to before the pyramid
 
 MTCNN_DEFAULTS = {
     "stage": "detection",
@@ -72,28 +72,12 @@ MTCNN_DEFAULTS = {
     "output": {"checkpoint_dir": "runs/mtcnn/checkpoints", "log_dir": "runs/mtcnn/logs", "resume": None,
                "auto_resume": True},
     # infer.py / evaluate.py: the detector's arguments (detection/mtcnn/detector.py). score_threshold filters on top
-    # of thresholds[2] (0 = no further filter); max_side / min_face_fraction (null = off) shrink large photos first.
+    # of thresholds[2] (0 = no further filter); max_side / min_face_fraction (null = off) shrink large photos first:
+    # MAX_SIDE leaves photos up to 2048 px (1080p, 1440p) as they are and bounds the work on 12-36 MP portraits.
     "inference": {"score_threshold": 0.0, "min_face": 20.0, "thresholds": list(DEFAULT_THRESHOLDS),
-                  "factor": PYRAMID_FACTOR, "max_side": None, "min_face_fraction": None, "tile_zooms": [1],
+                  "factor": PYRAMID_FACTOR, "max_side": MAX_SIDE, "min_face_fraction": None, "tile_zooms": [1],
                   "batch_size": 16},
 }
-
-# train.py's detection flags (attribute names of detection/training.py's add_detection_flags) → config keys.
-MTCNN_FLAG_KEYS = {
-    "train_data": "data.train", "val_data": "data.val", "data_root": "data.root",
-    "batch_size": "train.batch_size", "epochs": "train.epochs", "lr": "train.lr", "weight_decay": "train.weight_decay",
-    "device": "train.device", "num_workers": "train.num_workers", "checkpoint_dir": "output.checkpoint_dir",
-    "log_dir": "output.log_dir", "resume": "output.resume", "weights": "model.weights", "mtcnn_stage": "mtcnn.stage",
-}
-
-
-def mtcnn_overrides(args: argparse.Namespace) -> dict:
-    """Dotted config key → value of each flag given (None = not given)."""
-    overrides = {key: getattr(args, flag, None) for flag, key in MTCNN_FLAG_KEYS.items()}
-    overrides["data.format"] = "csv" if getattr(args, "csv_format", False) else None
-    overrides["model.pretrained"] = getattr(args, "pretrained", None)
-    overrides["output.auto_resume"] = False if getattr(args, "no_auto_resume", False) else None
-    return overrides
 
 
 def mtcnn_from_config(cfg: dict, device: str) -> MTCNNDetector:
@@ -227,19 +211,7 @@ def cascade_proposer(detector: MTCNNDetector, through: str) -> Proposer:
     R-Net / O-Net inputs the detector would crop. Uses the detector's own stages, so mining and detection agree."""
     if through not in ("pnet", "rnet"):
         raise ValueError(f"proposals come after pnet or rnet, not {through!r}")
-
-    @torch.inference_mode()
-    def propose(image: np.ndarray) -> torch.Tensor:
-        height, width = image.shape[:2]
-        sampler = AreaSampler([image], detector.device)
-        ids, boxes = detector._propose(sampler, [(height, width)], [detector.min_face])
-        if through == "rnet" and len(ids):
-            heights = torch.tensor([height], device=detector.device)
-            widths = torch.tensor([width], device=detector.device)
-            ids, boxes = detector._refine(sampler, ids, boxes, heights, widths)
-        return footprints_of_boxes(boxes.float().cpu())
-
-    return propose
+    return lambda image: footprints_of_boxes(detector.propose(image, through))
 
 
 def stage_samples(cfg: dict, stage: str, annotations: list[FaceAnnotation], nets: dict, device: torch.device,
@@ -439,6 +411,6 @@ def run_mtcnn_training(cfg: dict) -> dict[str, list[dict]]:
     return histories
 
 
-__all__ = ["EXPORT_NAME", "MTCNN_DEFAULTS", "MTCNN_FLAG_KEYS", "MTCNNStageTask", "cascade_average_precision",
+__all__ = ["EXPORT_NAME", "MTCNN_DEFAULTS", "MTCNNStageTask", "cascade_average_precision",
            "cascade_proposer", "export_cascade", "initial_nets", "load_weights_file", "mtcnn_from_config",
-           "mtcnn_overrides", "run_mtcnn_training", "stages_to_train", "train_stage"]
+           "run_mtcnn_training", "stages_to_train", "train_stage"]
