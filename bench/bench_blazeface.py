@@ -9,17 +9,15 @@ passes over the same images, the runners alternating. The raw outputs of both ar
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import glob
 import json
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import numpy as np
 import torch
 
+from bench.timing import best_seconds, keep_freed_memory_in_heap
 from detection.blazeface.mediapipe_import import load_mediapipe_weights
 from detection.blazeface.model import BlazeFace, fuse_batchnorm
 
@@ -30,18 +28,6 @@ DEFAULT_IMAGES = [
     str(SHARED / "data/faces_in_photos/compreface/*.jpg"),
 ]
 
-
-def keep_freed_memory_in_heap() -> bool:
-    """Eager PyTorch allocates every activation afresh; glibc hands large blocks back to the OS and
-    page-faults them in again on the next call (20-35% system time measured here). Raising glibc's
-    mmap/trim thresholds keeps them in the heap. Same as exporting MALLOC_MMAP_THRESHOLD_ and
-    MALLOC_TRIM_THRESHOLD_. Returns False where libc is not glibc."""
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name) if libc_name else None
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def load_images(patterns: List[str], size: int, count: int) -> np.ndarray:
@@ -58,20 +44,6 @@ def load_images(patterns: List[str], size: int, count: int) -> np.ndarray:
         images.append(np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0)
     return np.stack([images[i % len(images)] for i in range(count)])
 
-
-def best_seconds(runs: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> Dict[str, float]:
-    """Best wall time of each runner. Runners are timed in alternation, so a slow phase of a shared
-    machine hits all of them rather than biasing the ratio."""
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
-    best = {name: float("inf") for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def run_tflite(path: Path, images: np.ndarray, threads: int):

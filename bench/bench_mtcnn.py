@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Dict
 
 import cv2
 import numpy as np
 import torch
 
-from bench.bench_blazeface import keep_freed_memory_in_heap
+from bench.timing import best_seconds, keep_freed_memory_in_heap
 from common.boxes import box_iou
 from common.io import read_image
 from detection.mtcnn.detector import mtcnn_detector
@@ -30,18 +29,6 @@ DEFAULT_LFW = SHARED / "data/lfw/deepfunneled"
 SIZES = {"640x480": (640, 480), "1920x1080": (1920, 1080)}
 MIN_FACE, THRESHOLDS, FACTOR = 20, (0.6, 0.7, 0.7), 0.709
 
-
-def best_seconds(runs: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Dict[str, float]:
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
-    best = {name: float("inf") for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def agreement(reference, ours) -> Dict[str, float]:

@@ -15,7 +15,7 @@ from detection.blazeface.loss import BlazeFaceLoss, anchor_metrics
 from detection.blazeface.postprocess import BlazeFacePostprocessor
 from detection.blazeface.targets import BlazeFaceAnchors, BlazeFaceTargetBuilder
 from detection.data.dataset import DEFAULT_AUGMENTATION, FaceDetectionDataset, collate_detection
-from detection.data.readers import read_annotations, split_by_image
+from detection.data.readers import read_train_val
 
 BLAZEFACE_DEFAULTS = {
     "stage": "detection",
@@ -45,14 +45,7 @@ def blazeface_from_config(cfg: dict, device: str):
 
 def load_datasets(cfg: dict, input_size: int):
     data = cfg["data"]
-    if not data["train"]:
-        raise ValueError("no training data: set data.train in the config or pass --train-data")
-    fmt = None if data["format"] == "auto" else data["format"]
-    train = read_annotations(data["train"], data_root=data["root"], fmt=fmt)
-    if data["val"]:
-        val = read_annotations(data["val"], data_root=data["root"], fmt=fmt)
-    else:
-        train, val = split_by_image(train, val_fraction=data["val_fraction"], seed=data["split_seed"])
+    train, val = read_train_val(data)
     augmentation = data["augmentation"] if data["augment"] else None
     return (FaceDetectionDataset(train, input_size, augmentation, seed=cfg["train"]["seed"]),
             FaceDetectionDataset(val, input_size, None))

@@ -531,3 +531,15 @@ def read_annotations(
         raise ValueError(f"{path}: {fmt} annotations need data_root, the folder their image paths are relative to")
     reader = {"wider": read_wider_txt, "retinaface": read_retinaface_label, "coco": read_coco}[fmt]
     return reader(path, data_root)
+
+
+def read_train_val(data: dict) -> tuple[list[FaceAnnotation], list[FaceAnnotation]]:
+    """(train, val) annotations from a config's ``data`` section: ``train`` and ``val`` files in ``format``
+    (``auto`` = by content) under ``root``; without ``val``, ``val_fraction`` of train's images (``split_seed``)."""
+    if not data["train"]:
+        raise ValueError("no training data: set data.train in the config or pass --train-data")
+    fmt = None if data["format"] == "auto" else data["format"]
+    train = read_annotations(data["train"], data_root=data["root"], fmt=fmt)
+    if data["val"]:
+        return train, read_annotations(data["val"], data_root=data["root"], fmt=fmt)
+    return split_by_image(train, val_fraction=data["val_fraction"], seed=data["split_seed"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torchvision.utils import draw_bounding_boxes, make_grid
@@ -26,7 +25,7 @@ from common.config import ConfigError, save_config
 from common.engine import Trainer, init_distributed, is_main_process, make_loader, resolve_device
 from common.io import read_image
 from common.metrics import average_precision
-from detection.data.readers import FaceAnnotation, read_annotations, split_by_image
+from detection.data.readers import FaceAnnotation, read_train_val
 from detection.mtcnn.detector import DEFAULT_THRESHOLDS, PYRAMID_FACTOR, MTCNNDetector, mtcnn_detector
 from detection.mtcnn.loss import BOX_LOSSES, PAPER_TASK_WEIGHTS, MTCNNLoss, classification_metrics
 from detection.mtcnn.model import ONet, PNet, RNet, load_facenet_weights, normalize
@@ -187,17 +186,6 @@ def export_cascade(nets: dict[str, torch.nn.Module], path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------- data
-
-
-def load_annotations(cfg: dict) -> tuple[list[FaceAnnotation], list[FaceAnnotation]]:
-    data = cfg["data"]
-    if not data["train"]:
-        raise ValueError("no training data: set data.train in the config or pass --train-data")
-    fmt = None if data["format"] == "auto" else data["format"]
-    train = read_annotations(data["train"], data_root=data["root"], fmt=fmt)
-    if data["val"]:
-        return train, read_annotations(data["val"], data_root=data["root"], fmt=fmt)
-    return split_by_image(train, val_fraction=data["val_fraction"], seed=data["split_seed"])
 
 
 def _cascade(nets: dict[str, torch.nn.Module], section: dict, device: torch.device) -> MTCNNDetector:
@@ -395,7 +383,7 @@ def run_mtcnn_training(cfg: dict) -> dict[str, list[dict]]:
     if resume_stage is not None and resume_stage not in stages:
         raise ConfigError(f"--resume {out['resume']} holds {resume_stage} weights, but this run trains "
                           f"{', '.join(stages)}")
-    train_annotations, val_annotations = load_annotations(cfg)
+    train_annotations, val_annotations = read_train_val(cfg["data"])
     nets = initial_nets(cfg, stages)
     if is_main_process():
         save_config(cfg, out["checkpoint_dir"])
