@@ -25,7 +25,8 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detector", default="blazeface", choices=["blazeface", "mtcnn"])
+    parser.add_argument("--detector", default="blazeface", choices=["blazeface", "mtcnn", "fusion"],
+                        help="fusion: the detectors of configs/pipeline.yaml, merged")
     parser.add_argument("--config", help="detector config (default: configs/detection_<detector>.yaml)")
     parser.add_argument("--weights", help="weights (default: model.weights of the config)")
     parser.add_argument("--input", required=True, help="image, folder, video file, or webcam index (0, 1, ...)")

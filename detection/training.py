@@ -15,6 +15,8 @@ DETECTORS = {
     "blazeface": ("detection.blazeface.training", "BLAZEFACE_DEFAULTS", "run_blazeface_training",
                   "blazeface_from_config"),
     "mtcnn": ("detection.mtcnn.training", "MTCNN_DEFAULTS", "run_mtcnn_training", "mtcnn_from_config"),
+    # several detectors merged; "training" fits each one's score calibration
+    "fusion": ("fusion.detector", "FUSION_DEFAULTS", "fit_fusion_calibration", "fusion_from_config"),
 }
 
 
@@ -26,7 +28,7 @@ def _part(detector: str, index: int):
 
 
 def default_config_path(detector: str) -> Path:
-    return ROOT / "configs" / f"detection_{detector}.yaml"
+    return ROOT / "configs" / ("pipeline.yaml" if detector == "fusion" else f"detection_{detector}.yaml")
 
 
 # Flags every trainable detector shares, each setting one config key.
