@@ -16,7 +16,7 @@ DETECTORS = {
                   "blazeface_from_config"),
     "mtcnn": ("detection.mtcnn.training", "MTCNN_DEFAULTS", "run_mtcnn_training", "mtcnn_from_config"),
     # several detectors merged; "training" fits each one's score calibration
-    "fusion": ("fusion.detector", "FUSION_DEFAULTS", "fit_fusion_calibration", "fusion_from_config"),
+    "fusion": ("common.pipeline", "PIPELINE_DEFAULTS", "fit_detection_stage", "detector_from_pipeline"),
 }
 
 

@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Classroom attendance: enrol a class once, then take attendance from photos of the room.
+
+    python attendance.py enroll --class 7B --roster roster/            # roster/<student>/<photos>
+    python attendance.py mark --class 7B --photo room1.jpg room2.jpg --date 2026-11-23 --out results/7B
+    python attendance.py report --class 7B --from 2026-09-01 --to 2026-12-31 --out results/7B-report
+    python attendance.py demo                                           # classes built from LFW, scored
+
+The database (SQLite) defaults to attendance.sqlite next to the config; --db chooses another.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from common.cli import run_cli
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_CONFIG = ROOT / "configs" / "attendance.yaml"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", default=str(DEFAULT_CONFIG), help="attendance YAML (default: %(default)s)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        sub.add_argument("--db", help="SQLite database (default: attendance.sqlite next to the config)")
+        sub.add_argument("--verbose", action="store_true", help="print each stage's time per photo")
+        return sub
+
+    enroll = command("enroll", "enrol (or re-enrol) students from DIR/<student>/<photos>")
+    enroll.add_argument("--class", dest="class_name", required=True)
+    enroll.add_argument("--roster", required=True, help="folder with one sub-folder of photos per student")
+    enroll.add_argument("--keep-photos", action="store_true", help="also store the enrolment photos in the database")
+    mark = command("mark", "take attendance from one or more photos of one session")
+    mark.add_argument("--class", dest="class_name", required=True)
+    mark.add_argument("--photo", required=True, nargs="+", help="class photo(s) of one session")
+    mark.add_argument("--session", help="session id (default: the date)")
+    mark.add_argument("--date", help="YYYY-MM-DD (default: today)")
+    mark.add_argument("--out", default="attendance_out", help="folder for CSV, JSON, annotated photos, HTML")
+    report = command("report", "attendance rate per student over a date range")
+    report.add_argument("--class", dest="class_name", required=True)
+    report.add_argument("--from", dest="date_from", help="YYYY-MM-DD (default: the first session)")
+    report.add_argument("--to", dest="date_to", help="YYYY-MM-DD (default: the last session)")
+    report.add_argument("--out", default="attendance_report", help="folder for the CSV and the PNG chart")
+    demo = command("demo", "build classes from LFW, mark them, print precision/recall")
+    demo.add_argument("--lfw-root", help="LFW folder (default: ../shared/data/lfw, else scikit-learn's download)")
+    demo.add_argument("--classes", type=int, help="random classes to run (default: demo.classes of the config)")
+    demo.add_argument("--out", default="results/attendance_demo", help="folder for the demo's figures and photos")
+    return parser.parse_args(argv)
+
+
+def iso_date(value: str | None, flag: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ValueError(f"{flag} must be a date like 2026-11-23, got {value!r}") from None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from matching.attendance_service import AttendanceService, attendance_config
+
+    cfg = attendance_config(args.config, args.set)
+    if args.command == "demo":
+        from matching.attendance_demo import run_demo
+        run_demo(cfg, args.lfw_root, args.classes, Path(args.out), verbose=args.verbose)
+        return 0
+    service = AttendanceService(cfg, db_path=args.db, verbose=args.verbose)
+    try:
+        if args.command == "enroll":
+            result = service.enroll(args.class_name, Path(args.roster), keep_photos=args.keep_photos)
+            return 0 if result.enrolled else 1
+        if args.command == "mark":
+            date = iso_date(args.date, "--date") or dt.date.today().isoformat()
+            service.mark(args.class_name, [Path(p) for p in args.photo], args.session or date, date, Path(args.out))
+            return 0
+        service.report(args.class_name, iso_date(args.date_from, "--from"), iso_date(args.date_to, "--to"),
+                       Path(args.out))
+        return 0
+    finally:
+        service.close()
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

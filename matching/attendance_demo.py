@@ -1,0 +1,156 @@
+"""``attendance.py demo``: classes built from LFW and scored.
+
+Per class: pick ``students`` people with at least ``enroll_photos + 1`` photos, enrol each from their first
+``enroll_photos`` photos, then compose one class photo on a ``canvas`` from *another* photo of ``present`` of them
+plus one photo each of ``strangers`` people who are not enrolled, at varied scales and positions. Mark it and count:
+present students marked (recall), absent students marked present, strangers taken for a student.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from common.io import read_image
+from common.pipeline import ROOT
+
+FACE_CROP = (40, 30, 210, 220)  # x1, y1, x2, y2 of a 250-px LFW photo kept for the class photo: head and neck
+SCALE_RANGE = (0.55, 1.0)       # of the crop's size in a canvas cell
+
+
+def find_lfw(lfw_root: str | None) -> Path:
+    """The LFW image folder: the given root, ../shared/data/lfw, or scikit-learn's download (with its progress);
+    a clear message when none is reachable."""
+    from matching.protocol import lfw_image_dir
+    candidates = [Path(lfw_root)] if lfw_root else [ROOT.parent / "shared" / "data" / "lfw"]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return lfw_image_dir(candidate)
+    if lfw_root:
+        raise FileNotFoundError(f"--lfw-root {lfw_root} does not exist")
+    try:
+        from sklearn.datasets import fetch_lfw_people
+        print("../shared/data/lfw not found; downloading LFW with scikit-learn (about 200 MB) ...")
+        data_home = Path.home() / "scikit_learn_data"
+        # loading is a side effect we do not need: few people have 100 photos, so little is decoded
+        fetch_lfw_people(data_home=str(data_home), funneled=True, min_faces_per_person=100, download_if_missing=True)
+        return lfw_image_dir(data_home / "lfw_home")
+    except Exception as error:  # no network, blocked host, partial download
+        raise FileNotFoundError(
+            "no LFW images: pass --lfw-root DIR (a folder with <Name>/<Name>_NNNN.jpg, e.g. the deep-funneled "
+            "release from https://vis-www.cs.umass.edu/lfw/), or put it at ../shared/data/lfw; scikit-learn's "
+            f"download failed too ({type(error).__name__}: {error})") from None
+
+
+def people_with_photos(image_dir: Path) -> dict[str, list[Path]]:
+    return {folder.name: sorted(folder.glob("*.jpg")) for folder in sorted(image_dir.iterdir()) if folder.is_dir()}
+
+
+def compose_class_photo(photos: list[Path], canvas_size: tuple[int, int], rng: np.random.Generator
+                        ) -> tuple[np.ndarray, list[list[float]]]:
+    """(canvas RGB, box of each photo's face region on it) with the photos on a jittered grid at random scales."""
+    width, height = canvas_size
+    columns = int(np.ceil(np.sqrt(len(photos) * width / height)))
+    rows = int(np.ceil(len(photos) / columns))
+    cell_w, cell_h = width // columns, height // rows
+    canvas = np.full((height, width, 3), rng.integers(90, 170, 3), np.uint8)
+    cells = rng.permutation(rows * columns)[:len(photos)]
+    boxes = []
+    x1, y1, x2, y2 = FACE_CROP
+    for photo, cell in zip(photos, cells):
+        crop = read_image(photo)[y1:y2, x1:x2]
+        side = min(cell_w, cell_h) * rng.uniform(*SCALE_RANGE)
+        scale = side / max(crop.shape[:2])
+        crop = cv2.resize(crop, (round(crop.shape[1] * scale), round(crop.shape[0] * scale)),
+                          interpolation=cv2.INTER_AREA)
+        row, column = divmod(int(cell), columns)
+        left = column * cell_w + int(rng.integers(0, max(1, cell_w - crop.shape[1])))
+        top = row * cell_h + int(rng.integers(0, max(1, cell_h - crop.shape[0])))
+        canvas[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
+        boxes.append([left, top, left + crop.shape[1], top + crop.shape[0]])
+    return canvas, boxes
+
+
+def _owner(detection_box, regions: list[list[float]]) -> int | None:
+    """Index of the pasted photo holding the detection's centre."""
+    cx, cy = (detection_box[0] + detection_box[2]) / 2, (detection_box[1] + detection_box[3]) / 2
+    for index, (x1, y1, x2, y2) in enumerate(regions):
+        if x1 <= cx <= x2 and y1 <= cy <= y2:
+            return index
+    return None
+
+
+def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, verbose: bool = False) -> dict:
+    from matching.attendance_service import AttendanceService
+
+    demo = cfg["demo"]
+    classes = classes or demo["classes"]
+    if demo["present"] > demo["students"]:
+        raise ValueError(f"demo.present ({demo['present']}) cannot exceed demo.students ({demo['students']})")
+    image_dir = find_lfw(lfw_root or demo["lfw_root"])
+    people = people_with_photos(image_dir)
+    eligible = [name for name, photos in people.items() if len(photos) > demo["enroll_photos"]]
+    if len(eligible) < demo["students"]:
+        raise ValueError(f"{image_dir}: only {len(eligible)} people have more than {demo['enroll_photos']} photos")
+    rng = np.random.default_rng(demo["seed"])
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="attendance_demo_"))
+    totals = {"present": 0, "present_marked": 0, "absent": 0, "absent_marked": 0, "strangers": 0,
+              "strangers_marked": 0, "seconds_mark": 0.0}
+    service = AttendanceService(cfg, db_path=workdir / "demo.sqlite", verbose=verbose)
+    try:
+        for index in tqdm(range(classes), desc="classes", unit="class"):
+            students = [str(s) for s in rng.choice(eligible, demo["students"], replace=False)]
+            others = [name for name in people if name not in students]
+            strangers = [str(s) for s in rng.choice(others, demo["strangers"], replace=False)]
+            roster = workdir / f"roster{index}"
+            for name in students:
+                (roster / name).mkdir(parents=True)
+                for photo in people[name][:demo["enroll_photos"]]:
+                    (roster / name / photo.name).symlink_to(photo)
+            class_name = f"demo{index}"
+            service.enroll(class_name, roster)
+            present = [str(s) for s in rng.choice(students, demo["present"], replace=False)]
+            photos = [people[name][int(rng.integers(demo["enroll_photos"], len(people[name])))] for name in present]
+            photos += [people[name][int(rng.integers(0, len(people[name])))] for name in strangers]
+            who = present + [None] * len(strangers)
+            canvas, regions = compose_class_photo(photos, tuple(demo["canvas"]), rng)
+            start = time.perf_counter()
+            gallery, threshold, _, [marks] = service.match_photos(class_name, [(f"class{index}.jpg", canvas)])
+            totals["seconds_mark"] += time.perf_counter() - start
+            marked = {gallery.names[student]: _owner(marks.detections.boxes[face].tolist(), regions)
+                      for face, student in marks.pairs}
+            totals["present"] += len(present)
+            totals["present_marked"] += sum(1 for name in present
+                                            if marked.get(name) is not None and who[marked[name]] == name)
+            absent = [name for name in students if name not in present]
+            totals["absent"] += len(absent)
+            totals["absent_marked"] += sum(1 for name in absent if name in marked)
+            totals["strangers"] += len(strangers)
+            totals["strangers_marked"] += sum(1 for owner in marked.values()
+                                              if owner is not None and who[owner] is None)
+            if index == 0:
+                from matching.attendance_report import annotate
+                cv2.imwrite(str(out / "class0_annotated.jpg"), annotate(canvas, marks, gallery.names))
+    finally:
+        service.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    figures = {"classes": classes, "students_per_class": demo["students"], "present_per_class": demo["present"],
+               "strangers_per_class": demo["strangers"],
+               "present_marked_rate": round(totals["present_marked"] / totals["present"], 4),
+               "absent_marked_rate": round(totals["absent_marked"] / max(totals["absent"], 1), 4),
+               "strangers_marked_rate": round(totals["strangers_marked"] / max(totals["strangers"], 1), 4),
+               "seconds_per_class_photo": round(totals["seconds_mark"] / classes, 2), **totals}
+    (out / "demo.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    print(f"{classes} classes of {demo['students']} enrolled, {demo['present']} present, {demo['strangers']} "
+          f"strangers: present students marked {figures['present_marked_rate']:.1%}, absent students marked "
+          f"present {figures['absent_marked_rate']:.1%}, strangers marked as students "
+          f"{figures['strangers_marked_rate']:.1%}; {figures['seconds_per_class_photo']} s per class photo → "
+          f"{out / 'demo.json'}")
+    return figures

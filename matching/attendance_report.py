@@ -1,0 +1,87 @@
+"""What ``attendance.py mark`` writes: CSV, JSON, annotated photos and a self-contained HTML report."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+PRESENT_COLOUR, UNKNOWN_COLOUR = (0, 200, 0), (0, 0, 230)  # BGR
+
+
+def write_csv(path: Path, marks: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["student", "present", "score", "photo", "box"])
+        for mark in marks:
+            writer.writerow([mark["student"], int(mark["present"]), "" if mark["score"] is None else mark["score"],
+                             mark["photo"] or "", "" if mark["box"] is None else " ".join(map(str, mark["box"]))])
+
+
+def write_json(path: Path, marks: list[dict], unknown_faces: int, **extra) -> dict:
+    result = {"present": [m["student"] for m in marks if m["present"]],
+              "absent": [m["student"] for m in marks if not m["present"]],
+              "unknown_faces": unknown_faces, "marks": marks, **extra}
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    return result
+
+
+def annotate(image_rgb: np.ndarray, photo_marks, names: list[str]) -> np.ndarray:
+    """BGR image: assigned faces boxed green with the student's name and score, unknown faces red."""
+    canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    thickness = max(1, round(max(canvas.shape[:2]) / 600))
+    labels = {face: (names[student], float(photo_marks.scores[face, student])) for face, student in photo_marks.pairs}
+    for face, box in enumerate(photo_marks.detections.boxes.round().int().tolist()):
+        colour = PRESENT_COLOUR if face in labels else UNKNOWN_COLOUR
+        text = f"{labels[face][0]} {labels[face][1]:.2f}" if face in labels else "unknown"
+        cv2.rectangle(canvas, tuple(box[:2]), tuple(box[2:]), colour, thickness)
+        cv2.putText(canvas, text, (box[0], max(12, box[1] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, colour,
+                    thickness)
+    return canvas
+
+
+def _thumbnail(chip_rgb: np.ndarray, size: int = 96) -> str:
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(cv2.resize(chip_rgb, (size, size)), cv2.COLOR_RGB2BGR))
+    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode() if ok else ""
+
+
+def write_html(path: Path, class_name: str, session: str, marks: list[dict], photo_marks: list, names: list[str],
+               threshold: float) -> None:
+    """One HTML file with every image inlined: present students with the face that matched, absent students, and
+    the faces no student matched. Every name is escaped."""
+    matched = {}
+    for item in photo_marks:
+        for face, student in item.pairs:
+            score = float(item.scores[face, student])
+            if names[student] not in matched or score > matched[names[student]][0]:
+                matched[names[student]] = (score, item.chips[face])
+    rows = []
+    for mark in marks:
+        name = html.escape(mark["student"])
+        if mark["present"]:
+            image = f'<img src="{_thumbnail(matched[mark["student"]][1])}" alt="{name}">'
+            rows.append(f'<tr class="present"><td>{image}</td><td>{name}</td><td>present</td>'
+                        f'<td>{mark["score"]:.3f}</td><td>{html.escape(mark["photo"])}</td></tr>')
+        else:
+            best = "" if mark["score"] is None else f"best {mark['score']:.3f}"
+            rows.append(f'<tr class="absent"><td></td><td>{name}</td><td>absent</td><td>{best}</td><td></td></tr>')
+    unknown = "".join(f'<figure><img src="{_thumbnail(item.chips[face])}" alt="unknown face">'
+                      f'<figcaption>{html.escape(item.photo)}</figcaption></figure>'
+                      for item in photo_marks for face in item.unknown)
+    present = sum(m["present"] for m in marks)
+    unmatched = sum(len(item.unknown) for item in photo_marks)
+    path.write_text(f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Attendance {html.escape(class_name)} {html.escape(session)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td{{padding:4px 10px;
+border-bottom:1px solid #ddd}} tr.absent{{color:#a00}} figure{{display:inline-block;margin:4px;text-align:center}}
+img{{border-radius:4px}}</style></head><body>
+<h1>{html.escape(class_name)} — session {html.escape(session)}</h1>
+<p>{present} of {len(marks)} students present; {unmatched} unmatched faces; unknown threshold {threshold:.3f}
+(cosine).</p>
+<table><tr><th></th><th>student</th><th>mark</th><th>score</th><th>photo</th></tr>{''.join(rows)}</table>
+<h2>Faces that matched no student</h2><div>{unknown or '<p>none</p>'}</div>
+</body></html>""", encoding="utf-8")

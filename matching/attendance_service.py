@@ -1,0 +1,206 @@
+"""The attendance workflow over the pipeline and the database, as a Python API (``attendance.py`` and the web app
+call it): ``enroll``, ``mark``, ``report``."""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from common.config import build_config
+from common.io import ImageReadError, list_images, read_image
+from common.pipeline import ROOT, pipeline_config, pipeline_from_config
+from matching.attendance import (QUALITY_DEFAULTS, PhotoMarks, assign, calibrate_unknown_threshold,
+                                 check_enrollment_photo, merge_session, roster_warnings, student_scores)
+from matching.attendance_report import annotate, write_csv, write_html, write_json
+from matching.gallery import AttendanceDB, GalleryError, Mark
+
+ATTENDANCE_DEFAULTS = {
+    "pipeline": "configs/pipeline.yaml",
+    "enroll_set": ["detection.detectors=[mtcnn]"],
+    "mark_set": ["inference.tile_zooms=[1, 2]"],
+    "database": None,
+    "device": "cpu",
+    "quality": dict(QUALITY_DEFAULTS),
+    "matching": {"target_far": 0.001, "min_threshold": 0.8},
+    "demo": {"lfw_root": None, "classes": 20, "students": 30, "present": 25, "strangers": 5, "enroll_photos": 2,
+             "canvas": [1920, 1080], "seed": 0},
+    "config_path": None,
+}
+UNSAFE_NAME = re.compile(r"[\\/\x00]|^\.\.?$")
+
+
+def attendance_config(path=None, set_items=()) -> dict:
+    cfg = build_config(ATTENDANCE_DEFAULTS, path, None, set_items)
+    cfg["config_path"] = str(path) if path else None
+    return cfg
+
+
+def default_database(cfg: dict) -> Path:
+    if cfg["database"]:
+        return Path(cfg["database"])
+    return (Path(cfg["config_path"]).resolve().parent if cfg["config_path"] else Path.cwd()) / "attendance.sqlite"
+
+
+def check_student_name(name: str) -> str:
+    if not name.strip() or UNSAFE_NAME.search(name):
+        raise ValueError(f"student name {name!r} is not allowed: no path separators, NUL, '.' or '..'")
+    return name
+
+
+@dataclass
+class EnrollResult:
+    enrolled: dict[str, int] = field(default_factory=dict)   # student → photos kept
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (photo, reason)
+    warnings: list[str] = field(default_factory=list)
+    failed_students: list[str] = field(default_factory=list)
+
+
+class AttendanceService:
+    def __init__(self, cfg: dict, db_path: str | Path | None = None, verbose: bool = False, pipelines=None):
+        self.cfg = cfg
+        self.db = AttendanceDB(db_path or default_database(cfg))
+        self.verbose = verbose
+        self._pipelines = pipelines or {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    def pipeline(self, purpose: str):
+        """The pipeline for enrolment photos or class photos (each with its own overrides), built once."""
+        if purpose not in self._pipelines:
+            path = self.cfg["pipeline"]
+            path = ROOT / path if not Path(path).is_absolute() else Path(path)
+            pipeline_cfg = pipeline_config(path, self.cfg[f"{purpose}_set"])
+            self._pipelines[purpose] = pipeline_from_config(pipeline_cfg, self.cfg["device"], self.verbose)
+        return self._pipelines[purpose]
+
+    # ------------------------------------------------------------------ enroll
+    def enroll(self, class_name: str, roster: Path, keep_photos: bool = False) -> EnrollResult:
+        if not roster.is_dir():
+            raise FileNotFoundError(f"roster folder not found: {roster}")
+        students = sorted(child for child in roster.iterdir() if child.is_dir())
+        if not students:
+            raise ValueError(f"{roster}: no student folders; expected {roster}/<student>/<photos>")
+        pipeline = self.pipeline("enroll")
+        result, kept, embeddings, photo_names = EnrollResult(), {}, {}, {}
+        for folder in tqdm(students, desc="enrolling", unit="student"):
+            name = check_student_name(folder.name)
+            photos = list_images(folder)
+            if not photos:
+                result.rejected.append((str(folder), "no image files"))
+                result.failed_students.append(name)
+                continue
+            entries = []
+            for photo in photos:
+                try:
+                    image = read_image(photo)
+                except ImageReadError as error:
+                    result.rejected.append((str(photo), str(error)))
+                    continue
+                check = check_enrollment_photo(photo.name, image, pipeline.detect(image), pipeline.embedder.alignment,
+                                               self.cfg["quality"])
+                if not check.ok:
+                    result.rejected.append((str(photo), check.reason))
+                    continue
+                vector = pipeline.embedder.embed_chips(check.chip[None]).numpy()[0]
+                entries.append((photo.name, vector, photo.read_bytes() if keep_photos else None))
+            if not entries:
+                result.failed_students.append(name)
+                continue
+            kept[name] = entries
+            embeddings[name] = np.stack([vector for _, vector, _ in entries])
+            photo_names[name] = [photo for photo, _, _ in entries]
+        for photo, reason in result.rejected:
+            print(f"rejected {photo}: {reason}")
+        for name in result.failed_students:
+            print(f"warning: {name} has no usable photo and is not enrolled")
+        result.warnings = roster_warnings(embeddings, photo_names, self.cfg["quality"]["min_consistency"])
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        if kept:
+            self.db.replace_students(class_name, pipeline.embedder.cache_key, kept)
+        result.enrolled = {name: len(entries) for name, entries in kept.items()}
+        print(f"{class_name}: {len(kept)} students enrolled ({sum(result.enrolled.values())} photos) in {self.db.path}"
+              + (f"; {len(result.failed_students)} without a usable photo" if result.failed_students else ""))
+        return result
+
+    # ------------------------------------------------------------------ mark
+    def match_photos(self, class_name: str, images: list[tuple[str, np.ndarray]]):
+        """(gallery, threshold, impostor pairs, [PhotoMarks]) for photos of one session."""
+        pipeline = self.pipeline("mark")
+        gallery = self.db.gallery(class_name, pipeline.embedder.cache_key)
+        if not gallery.names:
+            raise GalleryError(f"class {class_name!r} has no enrolled students")
+        threshold, impostor_pairs = calibrate_unknown_threshold(gallery, self.cfg["matching"]["target_far"],
+                                                                self.cfg["matching"]["min_threshold"])
+        results = []
+        for name, image in images:
+            faces = pipeline.process(image)
+            scores = student_scores(faces.embeddings.numpy(), gallery)
+            results.append(PhotoMarks(name, faces.detections, scores, assign(scores, threshold), faces.chips))
+        return gallery, threshold, impostor_pairs, results
+
+    def mark(self, class_name: str, photos: list[Path], session: str, date: str, out: Path) -> dict:
+        self.db.class_id(class_name)  # a clear error before any work
+        images = [(photo.name, read_image(photo)) for photo in photos]
+        gallery, threshold, impostor_pairs, results = self.match_photos(class_name, images)
+        marks = merge_session(results, gallery.names)
+        unknown = sum(len(item.unknown) for item in results)
+        out.mkdir(parents=True, exist_ok=True)
+        import cv2
+        for (name, image), item in zip(images, results):
+            cv2.imwrite(str(out / f"annotated_{Path(name).stem}.jpg"), annotate(image, item, gallery.names))
+        write_csv(out / "attendance.csv", marks)
+        summary = write_json(out / "attendance.json", marks, unknown, class_name=class_name, session=session,
+                             date=date, threshold=round(threshold, 4), impostor_pairs=impostor_pairs)
+        write_html(out / "report.html", class_name, session, marks, results, gallery.names, threshold)
+        self.db.save_session(class_name, session, date, threshold, unknown, [name for name, _ in images],
+                             [Mark(m["student"], m["present"], m["score"], m["photo"], m["box"]) for m in marks])
+        faces = sum(len(item.detections) for item in results)
+        print(f"{class_name} {session}: {len(summary['present'])} present, {len(summary['absent'])} absent, "
+              f"{unknown} unknown faces ({faces} faces in {len(images)} photos; threshold {threshold:.3f}) → {out}")
+        return summary
+
+    # ------------------------------------------------------------------ report
+    def report(self, class_name: str, date_from: str | None, date_to: str | None, out: Path) -> list[dict]:
+        marks = self.db.session_marks(class_name, date_from, date_to)
+        if not marks:
+            raise ValueError(f"class {class_name!r} has no sessions between {date_from or 'the start'} and "
+                             f"{date_to or 'today'}")
+        sessions = sorted({(m["date"], m["session"]) for m in marks})
+        rows = []
+        for student in sorted({m["student"] for m in marks}):
+            own = [m for m in marks if m["student"] == student]
+            present = sum(m["present"] for m in own)
+            rows.append({"student": student, "sessions": len(own), "present": present,
+                         "rate": round(present / len(own), 4)})
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "attendance_rates.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["student", "sessions", "present", "rate"])
+            writer.writeheader()
+            writer.writerows(rows)
+        plot_rates(rows, out / "attendance_rates.png", f"{class_name}: {len(sessions)} sessions, "
+                   f"{sessions[0][0]} to {sessions[-1][0]}")
+        for row in rows:
+            print(f"{row['student']:30s} {row['present']:3d}/{row['sessions']:<3d} {row['rate']:.0%}")
+        print(f"→ {out / 'attendance_rates.csv'}, {out / 'attendance_rates.png'}")
+        return rows
+
+
+def plot_rates(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.28 * len(rows) + 1)), dpi=110)
+    ax.barh([r["student"] for r in rows][::-1], [100 * r["rate"] for r in rows][::-1], color="#4a90d9")
+    ax.set(xlabel="attendance (%)", xlim=(0, 100), title=title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+

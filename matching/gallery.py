@@ -1,0 +1,209 @@
+"""The attendance database (SQLite, one file, no server): classes, students with one embedding per enrolled photo,
+sessions and their marks.
+
+Every change is one transaction (a re-enrolled student's photos are replaced all at once; a session's marks land
+together), the journal is WAL so several ``mark`` runs can write the same file, and the file is created readable
+by its owner only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS classes (
+    id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, embedder TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS students (
+    id INTEGER PRIMARY KEY, class_id INTEGER NOT NULL REFERENCES classes(id) ON DELETE CASCADE,
+    name TEXT NOT NULL, enrolled REAL NOT NULL, UNIQUE (class_id, name));
+CREATE TABLE IF NOT EXISTS embeddings (
+    id INTEGER PRIMARY KEY, student_id INTEGER NOT NULL REFERENCES students(id) ON DELETE CASCADE,
+    photo TEXT NOT NULL, vector BLOB NOT NULL, image BLOB);
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY, class_id INTEGER NOT NULL REFERENCES classes(id) ON DELETE CASCADE,
+    key TEXT NOT NULL, date TEXT NOT NULL, created REAL NOT NULL, threshold REAL NOT NULL,
+    unknown_faces INTEGER NOT NULL, photos TEXT NOT NULL, UNIQUE (class_id, key));
+CREATE TABLE IF NOT EXISTS marks (
+    id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    student_id INTEGER NOT NULL REFERENCES students(id) ON DELETE CASCADE, present INTEGER NOT NULL,
+    score REAL, photo TEXT, box TEXT, corrected INTEGER NOT NULL DEFAULT 0, UNIQUE (session_id, student_id));
+"""
+BUSY_TIMEOUT_MS = 60_000  # a concurrent writer waits this long for the lock
+
+
+class GalleryError(ValueError):
+    """A request the database cannot satisfy (unknown class, wrong embedder ...); the message says what to do."""
+
+
+@dataclass
+class Gallery:
+    """A class's enrolled faces: ``vectors`` (M, D) float32, ``owners`` (M,) index into ``names``."""
+
+    class_id: int
+    names: list[str]
+    student_ids: list[int]
+    vectors: np.ndarray
+    owners: np.ndarray
+    photos: list[str]
+
+
+@dataclass
+class Mark:
+    student: str
+    present: bool
+    score: float | None
+    photo: str | None
+    box: list[float] | None
+
+
+class AttendanceDB:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            descriptor = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)  # owner-only from the first byte
+            os.close(descriptor)
+        try:
+            self.connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            self.connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.connection.execute("PRAGMA journal_mode = WAL")
+            self.connection.execute("PRAGMA foreign_keys = ON")
+            self.connection.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise GalleryError(f"{self.path}: not an attendance database ({error})") from None
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any error: nothing half-written."""
+        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.connection
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        self.connection.execute("COMMIT")
+
+    # ------------------------------------------------------------------ classes and students
+    def class_names(self) -> list[str]:
+        return [row[0] for row in self.connection.execute("SELECT name FROM classes ORDER BY name")]
+
+    def class_id(self, name: str, embedder: str | None = None) -> int:
+        """The class's id; ``embedder`` (cache key of the embedder in use) must match the one it was enrolled with."""
+        row = self.connection.execute("SELECT id, embedder FROM classes WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            known = ", ".join(self.class_names()) or "none yet"
+            raise GalleryError(f"class {name!r} does not exist in {self.path} (classes: {known}); "
+                               f"create it with: attendance.py enroll --class {name!r} --roster DIR")
+        if embedder is not None and row[1] != embedder:
+            raise GalleryError(f"class {name!r} was enrolled with embedder {row[1]}, but {embedder} is configured; "
+                               "embeddings of different models cannot be compared: re-enroll the class or use "
+                               "the same embedder and weights")
+        return row[0]
+
+    def ensure_class(self, connection, name: str, embedder: str) -> int:
+        row = connection.execute("SELECT id, embedder FROM classes WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return connection.execute("INSERT INTO classes (name, embedder, created) VALUES (?, ?, ?)",
+                                      (name, embedder, time.time())).lastrowid
+        if row[1] != embedder:
+            raise GalleryError(f"class {name!r} holds embeddings of {row[1]}; enrolling with {embedder} would mix "
+                               "two models. Use the class's embedder or another class name")
+        return row[0]
+
+    def replace_students(self, class_name: str, embedder: str, students: dict[str, list[tuple[str, np.ndarray,
+                                                                                              bytes | None]]]) -> None:
+        """Enrol ``students`` (name → [(photo name, embedding, photo bytes or None)]) in one transaction, replacing
+        the earlier entries of each."""
+        with self.transaction() as connection:
+            class_id = self.ensure_class(connection, class_name, embedder)
+            for name, photos in students.items():
+                connection.execute("DELETE FROM students WHERE class_id = ? AND name = ?", (class_id, name))
+                student_id = connection.execute("INSERT INTO students (class_id, name, enrolled) VALUES (?, ?, ?)",
+                                                (class_id, name, time.time())).lastrowid
+                connection.executemany(
+                    "INSERT INTO embeddings (student_id, photo, vector, image) VALUES (?, ?, ?, ?)",
+                    [(student_id, photo, np.asarray(vector, np.float32).tobytes(), image)
+                     for photo, vector, image in photos])
+
+    def gallery(self, class_name: str, embedder: str | None = None) -> Gallery:
+        class_id = self.class_id(class_name, embedder)
+        students = self.connection.execute("SELECT id, name FROM students WHERE class_id = ? ORDER BY name",
+                                           (class_id,)).fetchall()
+        index = {student_id: i for i, (student_id, _) in enumerate(students)}
+        rows = self.connection.execute(
+            "SELECT e.student_id, e.vector, e.photo FROM embeddings e JOIN students s ON s.id = e.student_id "
+            "WHERE s.class_id = ? ORDER BY e.id", (class_id,)).fetchall()
+        vectors = (np.stack([np.frombuffer(vector, np.float32) for _, vector, _ in rows]) if rows
+                   else np.zeros((0, 0), np.float32))
+        return Gallery(class_id, [name for _, name in students], [student_id for student_id, _ in students],
+                       vectors, np.array([index[student_id] for student_id, _, _ in rows], dtype=np.int64),
+                       [photo for _, _, photo in rows])
+
+    # ------------------------------------------------------------------ sessions
+    def save_session(self, class_name: str, key: str, date: str, threshold: float, unknown_faces: int,
+                     photos: list[str], marks: list[Mark]) -> int:
+        """Store a session's marks in one transaction. Marking a session again merges: a student is present if
+        present in either run, with the better score."""
+        class_id = self.class_id(class_name)
+        with self.transaction() as connection:
+            row = connection.execute("SELECT id, unknown_faces, photos FROM sessions WHERE class_id = ? AND key = ?",
+                                     (class_id, key)).fetchone()
+            if row is None:
+                session_id = connection.execute(
+                    "INSERT INTO sessions (class_id, key, date, created, threshold, unknown_faces, photos) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (class_id, key, date, time.time(), threshold, unknown_faces, json.dumps(photos))).lastrowid
+            else:
+                session_id = row[0]
+                connection.execute("UPDATE sessions SET unknown_faces = ?, photos = ? WHERE id = ?",
+                                   (row[1] + unknown_faces, json.dumps(json.loads(row[2]) + photos), session_id))
+            student_ids = dict(connection.execute("SELECT name, id FROM students WHERE class_id = ?", (class_id,)))
+            for mark in marks:
+                connection.execute(
+                    "INSERT INTO marks (session_id, student_id, present, score, photo, box) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (session_id, student_id) DO UPDATE SET "
+                    "present = MAX(present, excluded.present), "
+                    "photo = CASE WHEN excluded.score > COALESCE(score, -1e9) THEN excluded.photo ELSE photo END, "
+                    "box = CASE WHEN excluded.score > COALESCE(score, -1e9) THEN excluded.box ELSE box END, "
+                    "score = MAX(COALESCE(score, -1e9), COALESCE(excluded.score, -1e9))",
+                    (session_id, student_ids[mark.student], int(mark.present), mark.score, mark.photo,
+                     json.dumps(mark.box) if mark.box is not None else None))
+        return session_id
+
+    def correct_mark(self, class_name: str, key: str, student: str, present: bool) -> None:
+        """A teacher's correction of one mark, kept as corrected."""
+        class_id = self.class_id(class_name)
+        with self.transaction() as connection:
+            row = connection.execute(
+                "SELECT m.id FROM marks m JOIN sessions s ON s.id = m.session_id JOIN students t ON t.id = m.student_id "
+                "WHERE s.class_id = ? AND s.key = ? AND t.name = ?", (class_id, key, student)).fetchone()
+            if row is None:
+                raise GalleryError(f"no mark of {student!r} in session {key!r} of class {class_name!r}")
+            connection.execute("UPDATE marks SET present = ?, corrected = 1 WHERE id = ?", (int(present), row[0]))
+
+    def session_marks(self, class_name: str, date_from: str | None = None, date_to: str | None = None) -> list[dict]:
+        """Every mark of the class's sessions with ``date_from <= date <= date_to`` (ISO dates), by date."""
+        class_id = self.class_id(class_name)
+        rows = self.connection.execute(
+            "SELECT s.key, s.date, t.name, m.present, m.score, m.corrected FROM marks m "
+            "JOIN sessions s ON s.id = m.session_id JOIN students t ON t.id = m.student_id "
+            "WHERE s.class_id = ? AND s.date >= ? AND s.date <= ? ORDER BY s.date, s.key, t.name",
+            (class_id, date_from or "0000-00-00", date_to or "9999-99-99")).fetchall()
+        return [{"session": key, "date": date, "student": name, "present": bool(present), "score": score,
+                 "corrected": bool(corrected)} for key, date, name, present, score, corrected in rows]
