@@ -19,9 +19,10 @@ from common.detections import Detections
 
 QUALITY_DEFAULTS = {
     "min_face_px": 80,           # shorter side of the face box in the photo
-    "min_sharpness": 30.0,       # variance of the Laplacian of the aligned grey chip
+    # variance of the Laplacian of the aligned grey chip. On 120 LFW chips (dlib alignment): 1st percentile 13,
+    # median 46; blurred with a 2-px Gaussian: 95th percentile 11; with 1 px: median 15.
+    "min_sharpness": 12.0,
     "other_face_ratio": 0.4,     # faces smaller than this fraction of the largest one are background
-    "min_consistency": 0.6,      # a student's photos should be at least this similar to each other (cosine)
 }
 
 
@@ -83,10 +84,10 @@ def check_enrollment_photo(photo: str, image: np.ndarray, detections: Detections
     return PhotoCheck(photo, True, "", face, chip, sharp)
 
 
-def roster_warnings(embeddings: dict[str, np.ndarray], photos: dict[str, list[str]], min_consistency: float
-                    ) -> list[str]:
-    """Per student: photos that disagree with each other, and photos more like another student than their own
-    (a duplicate or mislabeled photo)."""
+def roster_warnings(embeddings: dict[str, np.ndarray], photos: dict[str, list[str]], threshold: float) -> list[str]:
+    """Per student: photos that would not be accepted as each other (similarity under ``threshold``), and photos
+    that another student's photos match better than the student's own and above ``threshold`` (a duplicate or
+    mislabeled photo)."""
     warnings = []
     names = sorted(embeddings)
     for name in names:
@@ -95,21 +96,18 @@ def roster_warnings(embeddings: dict[str, np.ndarray], photos: dict[str, list[st
             similarity = own @ own.T
             np.fill_diagonal(similarity, np.nan)
             worst = np.nanmin(similarity)
-            if worst < min_consistency:
+            if worst < threshold:
                 i, j = np.unravel_index(np.nanargmin(similarity), similarity.shape)
                 warnings.append(f"{name}: photos {photos[name][i]} and {photos[name][j]} disagree (similarity "
-                                f"{worst:.2f} < {min_consistency}): are both of {name}?")
+                                f"{worst:.3f} < {threshold:.3f}): are both of {name}?")
         for index, vector in enumerate(own):
-            if len(own) > 1:
-                own_best = float(np.max(np.delete(own, index, axis=0) @ vector))
-            else:
-                own_best = -math.inf
+            own_best = float(np.max(np.delete(own, index, axis=0) @ vector)) if len(own) > 1 else -math.inf
             for other in names:
                 if other == name:
                     continue
                 other_best = float(np.max(embeddings[other] @ vector))
-                if other_best > max(own_best, min_consistency):
-                    warnings.append(f"{name}: photo {photos[name][index]} matches {other} better ({other_best:.2f}) "
+                if other_best >= threshold and other_best > own_best:
+                    warnings.append(f"{name}: photo {photos[name][index]} matches {other} ({other_best:.3f}) better "
                                     f"than {name}'s other photos: duplicate or mislabeled?")
     return warnings
 
@@ -127,17 +125,17 @@ def student_scores(face_embeddings: np.ndarray, gallery) -> np.ndarray:
     return scores
 
 
-def calibrate_unknown_threshold(gallery, target_far: float, floor: float) -> tuple[float, int]:
+def calibrate_unknown_threshold(vectors: np.ndarray, owners: np.ndarray, target_far: float, floor: float
+                                ) -> tuple[float, int]:
     """(threshold, impostor pairs): the similarity that the ``1 - target_far`` quantile of impostor scores (photos
-    of different enrolled students) stays below, never under ``floor``."""
-    vectors, owners = gallery.vectors, gallery.owners
+    of different enrolled students, ``vectors`` (M, D) owned by ``owners`` (M,)) reaches, never under ``floor``."""
     if len(vectors) < 2:
         return floor, 0
     similarity = vectors @ vectors.T
-    impostor = similarity[owners[:, None] != owners[None, :]]
+    impostor = similarity[np.triu(owners[:, None] != owners[None, :], k=1)]
     if impostor.size == 0:
         return floor, 0
-    return max(floor, float(np.quantile(impostor, 1 - target_far))), int(impostor.size // 2)
+    return max(floor, float(np.quantile(impostor, 1 - target_far))), int(impostor.size)
 
 
 def assign(scores: np.ndarray, threshold: float) -> list[tuple[int, int]]:

@@ -115,8 +115,9 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
                 for photo in people[name][:demo["enroll_photos"]]:
                     (roster / name / photo.name).symlink_to(photo)
             class_name = f"demo{index}"
-            service.enroll(class_name, roster)
-            present = [str(s) for s in rng.choice(students, demo["present"], replace=False)]
+            # a student whose enrolment photos all fail the quality checks is not enrolled: the class is who is
+            enrolled = sorted(service.enroll(class_name, roster).enrolled)
+            present = [str(s) for s in rng.choice(enrolled, min(demo["present"], len(enrolled)), replace=False)]
             photos = [people[name][int(rng.integers(demo["enroll_photos"], len(people[name])))] for name in present]
             photos += [people[name][int(rng.integers(0, len(people[name])))] for name in strangers]
             who = present + [None] * len(strangers)
@@ -129,7 +130,7 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
             totals["present"] += len(present)
             totals["present_marked"] += sum(1 for name in present
                                             if marked.get(name) is not None and who[marked[name]] == name)
-            absent = [name for name in students if name not in present]
+            absent = [name for name in enrolled if name not in present]
             totals["absent"] += len(absent)
             totals["absent_marked"] += sum(1 for name in absent if name in marked)
             totals["strangers"] += len(strangers)

@@ -25,7 +25,7 @@ ATTENDANCE_DEFAULTS = {
     "database": None,
     "device": "cpu",
     "quality": dict(QUALITY_DEFAULTS),
-    "matching": {"target_far": 0.001, "min_threshold": 0.8},
+    "matching": {"target_far": 0.001, "floor": 0.9},
     "demo": {"lfw_root": None, "classes": 20, "students": 30, "present": 25, "strangers": 5, "enroll_photos": 2,
              "canvas": [1920, 1080], "seed": 0},
     "config_path": None,
@@ -118,7 +118,12 @@ class AttendanceService:
             print(f"rejected {photo}: {reason}")
         for name in result.failed_students:
             print(f"warning: {name} has no usable photo and is not enrolled")
-        result.warnings = roster_warnings(embeddings, photo_names, self.cfg["quality"]["min_consistency"])
+        if embeddings:
+            names = sorted(embeddings)
+            vectors = np.concatenate([embeddings[name] for name in names])
+            owners = np.concatenate([np.full(len(embeddings[name]), i) for i, name in enumerate(names)])
+            threshold, _ = calibrate_unknown_threshold(vectors, owners, **self.cfg["matching"])
+            result.warnings = roster_warnings(embeddings, photo_names, threshold)
         for warning in result.warnings:
             print(f"warning: {warning}")
         if kept:
@@ -135,8 +140,7 @@ class AttendanceService:
         gallery = self.db.gallery(class_name, pipeline.embedder.cache_key)
         if not gallery.names:
             raise GalleryError(f"class {class_name!r} has no enrolled students")
-        threshold, impostor_pairs = calibrate_unknown_threshold(gallery, self.cfg["matching"]["target_far"],
-                                                                self.cfg["matching"]["min_threshold"])
+        threshold, impostor_pairs = calibrate_unknown_threshold(gallery.vectors, gallery.owners, **self.cfg["matching"])
         results = []
         for name, image in images:
             faces = pipeline.process(image)

@@ -1,0 +1,216 @@
+"""Attendance: the one-to-one assignment, the calibrated unknown threshold, enrolment checks, the database's
+transactions, permissions and concurrent writers, escaped names, and the command line end to end on LFW photos."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import stat
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from common.detections import Detections
+from matching.attendance import (QUALITY_DEFAULTS, PhotoMarks, assign, calibrate_unknown_threshold,
+                                 check_enrollment_photo, merge_session, plausible_landmarks, roster_warnings)
+from matching.attendance_report import write_html
+from matching.attendance_service import check_student_name
+from matching.gallery import AttendanceDB, GalleryError, Mark
+from tests.conftest import ROOT, shared_path
+
+
+def unit(rows) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------- assignment and threshold
+def test_assignment_is_one_to_one_and_leaves_weak_faces_unknown():
+    scores = np.array([[0.95, 0.93, 0.10],   # face 0: best A
+                       [0.96, 0.94, 0.20],   # face 1: also best A, but A cannot be there twice
+                       [0.50, 0.40, 0.85]])  # face 2: C, under the threshold → unknown
+    pairs = assign(scores, threshold=0.9)
+    assert sorted(pairs) == [(0, 1), (1, 0)]  # total margin 0.06 + 0.03 beats 0.05 + 0.04
+    assert assign(scores, threshold=0.99) == []
+    assert assign(np.zeros((0, 3)), 0.5) == [] and assign(np.zeros((2, 0)), 0.5) == []
+
+
+def test_unknown_threshold_is_the_impostor_quantile_with_a_floor():
+    vectors = unit([[1, 0], [0.8, 0.6], [0, 1], [0.6, 0.8]])
+    owners = np.array([0, 0, 1, 1])
+    # impostor pairs (4): cos 0, 0.6, 0.6, 0.96
+    threshold, pairs = calibrate_unknown_threshold(vectors, owners, target_far=0.0, floor=0.5)
+    assert pairs == 4 and threshold == pytest.approx(0.96)
+    assert calibrate_unknown_threshold(vectors, owners, 0.0, floor=0.99)[0] == 0.99
+    assert calibrate_unknown_threshold(vectors[:1], owners[:1], 0.0, floor=0.7) == (0.7, 0)
+
+
+def test_roster_warnings_flag_disagreeing_and_mislabeled_photos():
+    embeddings = {"ann": unit([[1, 0, 0], [0.99, 0.1, 0]]), "bob": unit([[0, 1, 0], [1, 0.02, 0]])}
+    photos = {"ann": ["a1.jpg", "a2.jpg"], "bob": ["b1.jpg", "b2.jpg"]}
+    warnings = roster_warnings(embeddings, photos, threshold=0.9)
+    assert any("bob: photos b1.jpg and b2.jpg disagree" in w for w in warnings)
+    assert any("bob: photo b2.jpg matches ann" in w for w in warnings)
+    assert not any(w.startswith("ann: photos") for w in warnings)
+
+
+def test_a_session_merges_photos_present_if_seen_in_any():
+    def photo(name, scores, pairs):
+        boxes = torch.tensor([[0.0, 0, 10, 10]] * len(scores))
+        return PhotoMarks(name, Detections(boxes, torch.ones(len(scores)), torch.zeros(len(scores), 5, 2)),
+                          np.array(scores, np.float32), pairs)
+
+    marks = merge_session([photo("p1.jpg", [[0.95, 0.1]], [(0, 0)]), photo("p2.jpg", [[0.97, 0.2]], [(0, 0)])],
+                          ["ann", "bob"])
+    assert marks[0] == {"student": "ann", "present": True, "score": pytest.approx(0.97), "photo": "p2.jpg",
+                        "box": [0.0, 0.0, 10.0, 10.0]}
+    assert marks[1]["present"] is False and marks[1]["score"] == pytest.approx(0.2)
+
+
+# ---------------------------------------------------------------- enrolment checks
+@pytest.fixture(scope="module")
+def mtcnn_and_alignment():
+    from common.registry import build_detector
+    from embedding.embedder import Alignment
+    from embedding.align import scaled_template
+    return build_detector("mtcnn"), Alignment(150, tuple(map(tuple, scaled_template(150))))
+
+
+def test_enrolment_checks_give_reasons(mtcnn_and_alignment):
+    from common.io import read_image
+    detector, alignment = mtcnn_and_alignment
+    photo = read_image(shared_path("data", "lfw", "deepfunneled", "Aaron_Eckhart", "Aaron_Eckhart_0001.jpg"))
+    check = lambda image: check_enrollment_photo("x.jpg", image, detector.detect([image])[0], alignment,  # noqa: E731
+                                                 QUALITY_DEFAULTS)
+    assert check(photo).ok and check(photo).chip.shape == (150, 150, 3)
+    assert "blurred" in check(cv2.GaussianBlur(photo, (0, 0), 2.5)).reason
+    assert "needs at least 80 px" in check(cv2.resize(photo, (125, 125), interpolation=cv2.INTER_AREA)).reason
+    assert check(np.full((250, 250, 3), 120, np.uint8)).reason == "no face found"
+    assert "2 faces" in check(np.hstack([photo, photo])).reason
+    box = np.array([0, 0, 100, 100], np.float32)
+    upside_down = np.array([[30, 70], [70, 70], [50, 50], [35, 30], [65, 30]], np.float32)
+    assert "nose" in plausible_landmarks(box, upside_down)
+
+
+def test_student_names_are_data():
+    assert check_student_name("Zoë O'Brien") == "Zoë O'Brien"
+    for bad in ("a/b", "..", "a\\b", " "):
+        with pytest.raises(ValueError, match="not allowed"):
+            check_student_name(bad)
+
+
+# ---------------------------------------------------------------- database
+def test_database_is_private_transactional_and_merges_sessions(tmp_path):
+    path = tmp_path / "a.sqlite"
+    with AttendanceDB(path) as db:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        db.replace_students("7B", "model-x", {"ann": [("a.jpg", np.ones(4), None)], "bob": [("b.jpg", -np.ones(4),
+                                                                                              None)]})
+        with pytest.raises(GalleryError, match="model-x"):
+            db.gallery("7B", "model-y")
+        with pytest.raises(GalleryError, match="does not exist.*7B"):
+            db.class_id("8C")
+        with pytest.raises(TypeError):  # a failure half-way through enrolment leaves the earlier entries
+            db.replace_students("7B", "model-x", {"ann": [("new.jpg", np.zeros(4), None)], "cat": None})
+        gallery = db.gallery("7B", "model-x")
+        assert gallery.names == ["ann", "bob"] and gallery.photos == ["a.jpg", "b.jpg"]
+        db.save_session("7B", "mon", "2026-11-23", 0.9, 1, ["p1.jpg"],
+                        [Mark("ann", True, 0.95, "p1.jpg", [0, 0, 1, 1]), Mark("bob", False, 0.3, None, None)])
+        db.save_session("7B", "mon", "2026-11-23", 0.9, 0, ["p2.jpg"],
+                        [Mark("ann", False, 0.5, None, None), Mark("bob", True, 0.93, "p2.jpg", [1, 1, 2, 2])])
+        marks = {m["student"]: m for m in db.session_marks("7B")}
+        assert marks["ann"]["present"] and marks["bob"]["present"] and marks["ann"]["score"] == 0.95
+        db.correct_mark("7B", "mon", "bob", False)
+        assert db.session_marks("7B", "2026-11-01", "2026-11-30")[1] == {
+            "session": "mon", "date": "2026-11-23", "student": "bob", "present": False, "score": 0.93,
+            "corrected": True}
+        assert db.session_marks("7B", "2026-12-01") == []
+
+
+def _write_session(path, key):
+    with AttendanceDB(path) as db:
+        for attempt in range(20):
+            db.save_session("7B", f"{key}-{attempt}", "2026-11-23", 0.9, 0, ["p.jpg"],
+                            [Mark("ann", True, 0.9, "p.jpg", None)])
+
+
+def test_two_writers_at_once_both_land(tmp_path):
+    path = tmp_path / "a.sqlite"
+    with AttendanceDB(path) as db:
+        db.replace_students("7B", "m", {"ann": [("a.jpg", np.ones(4), None)]})
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_session, args=(path, key)) for key in ("x", "y")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    with AttendanceDB(path) as db:
+        assert len({m["session"] for m in db.session_marks("7B")}) == 40
+
+
+def test_html_escapes_names(tmp_path):
+    name = '<script>alert("x")</script>'
+    marks = [{"student": name, "present": False, "score": None, "photo": None, "box": None}]
+    write_html(tmp_path / "r.html", "7B & co", "s1", marks, [], [name], 0.9)
+    text = (tmp_path / "r.html").read_text()
+    assert "<script>alert" not in text and "&lt;script&gt;" in text and "7B &amp; co" in text
+
+
+# ---------------------------------------------------------------- command line, end to end
+def _run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "attendance.py", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.mark.slow
+def test_enroll_mark_report_on_lfw_photos(tmp_path):
+    from matching.attendance_demo import compose_class_photo
+    lfw = shared_path("data", "lfw", "deepfunneled")
+    people = ["Colin_Powell", "Gloria_Macapagal_Arroyo", "Jean_Chretien", "Tony_Blair"]
+    roster = tmp_path / "roster"
+    for name in people[:3]:
+        (roster / name).mkdir(parents=True)
+        for number in (1, 2):
+            (roster / name / f"{number}.jpg").write_bytes((lfw / name / f"{name}_{number:04d}.jpg").read_bytes())
+    (roster / "Empty_Student").mkdir()
+    (roster / "Empty_Student" / "notes.txt").write_text("no photos")
+    db = tmp_path / "class.sqlite"
+    enrolled = _run("enroll", "--class", "7B", "--roster", str(roster), "--db", str(db))
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert "3 students enrolled" in enrolled.stdout and "Empty_Student has no usable photo" in enrolled.stdout
+
+    # a class photo: other photos of two enrolled students and one stranger
+    photos = [lfw / "Colin_Powell" / "Colin_Powell_0010.jpg", lfw / "Jean_Chretien" / "Jean_Chretien_0010.jpg",
+              lfw / "Tony_Blair" / "Tony_Blair_0010.jpg"]
+    canvas, _ = compose_class_photo(photos, (1280, 720), np.random.default_rng(1))
+    photo = tmp_path / "class.jpg"
+    cv2.imwrite(str(photo), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    marked = _run("mark", "--class", "7B", "--photo", str(photo), "--date", "2026-11-23", "--db", str(db),
+                  "--out", str(out))
+    assert marked.returncode == 0, marked.stderr
+    result = json.loads((out / "attendance.json").read_text())
+    assert sorted(result["present"]) == ["Colin_Powell", "Jean_Chretien"]
+    assert result["absent"] == ["Gloria_Macapagal_Arroyo"] and result["unknown_faces"] >= 1
+    assert {p.name for p in out.iterdir()} >= {"attendance.csv", "attendance.json", "report.html",
+                                                "annotated_class.jpg"}
+    report = _run("report", "--class", "7B", "--db", str(db), "--out", str(tmp_path / "rep"))
+    assert report.returncode == 0 and (tmp_path / "rep" / "attendance_rates.png").is_file()
+    assert "Colin_Powell" in (tmp_path / "rep" / "attendance_rates.csv").read_text()
+
+    # bad input: a clear message, exit code 2, and the database as it was
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(photo.read_bytes()[:2000])
+    bad_out = ("--out", str(tmp_path / "bad"))
+    for args, message in ((("mark", "--class", "9Z", "--photo", str(photo), *bad_out), "class '9Z' does not exist"),
+                          (("mark", "--class", "7B", "--photo", str(truncated), *bad_out), "truncated.jpg"),
+                          (("enroll", "--class", "7B", "--roster", str(tmp_path / "nowhere")), "roster folder")):
+        failed = _run(*args, "--db", str(db))
+        assert failed.returncode == 2 and message in failed.stderr, (args, failed.stderr)
+    with AttendanceDB(db) as check:
+        assert len(check.session_marks("7B")) == 3
