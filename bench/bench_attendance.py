@@ -8,7 +8,6 @@ Goal (issue 7/9): ≤ 1.5 s per 1080p photo of ~30 faces on 2 CPU cores; ≤ 5 m
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.timing import keep_freed_memory_in_heap
+from bench.timing import keep_freed_memory_in_heap, report
 from matching.attendance import assign, student_scores
 from matching.attendance_demo import compose_class_photo, people_with_photos
 from matching.attendance_service import AttendanceService, attendance_config
@@ -72,10 +71,7 @@ def main() -> None:
               "seconds_end_to_end": round(total, 3), **{f"seconds_{k}": round(v, 3) for k, v in timings.items()},
               "gallery_identities": GALLERY_IDENTITIES, "gallery_search_ms_per_face": round(search_ms, 3),
               "assignment_ms": round(assign_ms, 3), "threads": args.threads}
-    for key, value in result.items():
-        print(f"{key:32s} {value}")
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 import torch
 
-from bench.timing import best_seconds, keep_freed_memory_in_heap
+from bench.timing import best_seconds, keep_freed_memory_in_heap, report
 from detection.blazeface.mediapipe_import import load_mediapipe_weights
 from detection.blazeface.model import BlazeFace, fuse_batchnorm
 
@@ -111,12 +110,7 @@ def main(argv=None) -> Dict[str, object]:
             results[f"{name}_max_abs_diff_regressors"] = float(np.abs(regressors.numpy() - ref_regressors).max())
             results[f"{name}_max_abs_diff_scores"] = float(np.abs(scores.numpy() - ref_scores).max())
 
-    for key, value in results.items():
-        print(f"{key:36s} {value:.4g}" if isinstance(value, float) else f"{key:36s} {value}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-    return results
+    return report(results, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ of ``--repeats`` timed calls, the two detectors alternating so a slow phase of a
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Dict
 
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench.timing import best_seconds, keep_freed_memory_in_heap
+from bench.timing import best_seconds, keep_freed_memory_in_heap, report
 from common.boxes import box_iou
 from common.io import read_image
 from detection.mtcnn.detector import mtcnn_detector
@@ -104,12 +103,7 @@ def main(argv=None) -> Dict[str, object]:
     check = agreement(list(zip(boxes, scores, points)), ours.detect(batch))
     results.update({f"lfw{args.batch}_{key}": value for key, value in check.items()})
 
-    for key, value in results.items():
-        print(f"{key:36s} {value:.4g}" if isinstance(value, float) else f"{key:36s} {value}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-    return results
+    return report(results, args.out)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import time
+from pathlib import Path
 from typing import Callable, Dict
 
 
@@ -33,3 +35,13 @@ def best_seconds(runs: Dict[str, Callable[[], object]], repeats: int, warmup: in
             run()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def report(results: dict, out: Path | None) -> dict:
+    """Print one ``name value`` line per figure and, with ``out``, write them all to a JSON file."""
+    for key, value in results.items():
+        print(f"{key:36s} {value:.4g}" if isinstance(value, float) else f"{key:36s} {value}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+    return results
