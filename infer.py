@@ -25,7 +25,7 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detector", default="blazeface", choices=["blazeface", "mtcnn", "fusion"],
+    parser.add_argument("--detector", default="blazeface", choices=["blazeface", "mtcnn", "retinaface", "fusion"],
                         help="fusion: the detectors of configs/pipeline.yaml, merged")
     parser.add_argument("--config", help="detector config (default: configs/detection_<detector>.yaml)")
     parser.add_argument("--weights", help="weights (default: model.weights of the config)")

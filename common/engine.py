@@ -23,6 +23,11 @@ from tqdm import tqdm
 from common.checkpoint import CheckpointError, load_checkpoint, restore_rng_states, save_checkpoint, unwrap
 
 
+# What save_checkpoint itself writes; Trainer(extra=...) may not overwrite these.
+RESERVED_CHECKPOINT_KEYS = frozenset({"model", "optimizer", "scheduler", "scaler", "epoch", "best_metric", "config",
+                                      "rng"})
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -66,10 +71,10 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, colla
 
 
 def _set_epoch(loader: DataLoader, epoch: int) -> None:
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
-    if hasattr(loader.dataset, "set_epoch"):
-        loader.dataset.set_epoch(epoch)
+    """Tell the sampler, the batch sampler (a task's own, e.g. P×K) and the dataset which epoch this is."""
+    for part in (loader.sampler, loader.batch_sampler, loader.dataset):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
 
 
 def _all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
@@ -86,7 +91,10 @@ class Trainer:
                  checkpoint_dir: str | Path, log_dir: str | Path, name: str, device: torch.device,
                  epochs: int, config: dict, evaluate_fn: Callable | None = None,
                  visualize_fn: Callable | None = None, grad_clip: float = 10.0, amp: bool = True,
-                 checkpoint_every: int = 10, best_metric: str = "loss", best_mode: str = "min", seed: int = 0):
+                 checkpoint_every: int = 10, best_metric: str = "loss", best_mode: str = "min", seed: int = 0,
+                 extra: dict | None = None):
+        """``extra``: entries saved into every checkpoint beside the standard ones (e.g. the identities an
+        embedding model was trained on)."""
         self.device = device
         self.model = model.to(device)
         if dist.is_initialized():
@@ -97,6 +105,10 @@ class Trainer:
         self.epochs, self.grad_clip, self.checkpoint_every = epochs, grad_clip, checkpoint_every
         self.best_metric, self.best_mode = best_metric, best_mode
         self.config, self.seed = config, seed
+        self.extra = dict(extra or {})
+        clashes = sorted(set(self.extra) & RESERVED_CHECKPOINT_KEYS)
+        if clashes:
+            raise ValueError(f"Trainer extra keys {clashes} clash with the checkpoint's own entries")
         self.use_amp = amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.start_epoch = 0
@@ -146,7 +158,7 @@ class Trainer:
         if is_main_process():
             save_checkpoint(self.checkpoint_path(tag), model=self.model, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler if self.use_amp else None, epoch=epoch,
-                            best_metric=self.best_value, config=self.config)
+                            best_metric=self.best_value, config=self.config, **self.extra)
 
     def _is_better(self, value: float) -> bool:
         if self.best_value is None:
@@ -208,7 +220,7 @@ class Trainer:
             if is_main_process():
                 self._log(record, epoch, val_loader)
                 with log_path.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
+                    handle.write(json.dumps({"run": self.name, **record}) + "\n")  # stages may share a folder
                 summary = "  ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
                 tqdm.write(f"epoch {epoch + 1}/{self.epochs}  {summary}")
             if improved:

@@ -14,6 +14,8 @@ _EMBEDDERS: Dict[str, Callable] = {}
 MODEL_MODULES = (
     "detection.blazeface.detector", "detection.blazeface.model",
     "detection.mtcnn.detector", "detection.mtcnn.model",
+    "detection.retinaface.detector", "detection.retinaface.model",
+    "embedding.dlib_resnet", "embedding.facenet", "embedding.mobilefacenet",
 )
 
 

@@ -15,6 +15,8 @@ DETECTORS = {
     "blazeface": ("detection.blazeface.training", "BLAZEFACE_DEFAULTS", "run_blazeface_training",
                   "blazeface_from_config"),
     "mtcnn": ("detection.mtcnn.training", "MTCNN_DEFAULTS", "run_mtcnn_training", "mtcnn_from_config"),
+    "retinaface": ("detection.retinaface.training", "RETINAFACE_DEFAULTS", "run_retinaface_training",
+                   "retinaface_from_config"),
     # several detectors merged; "training" fits each one's score calibration
     "fusion": ("common.pipeline", "PIPELINE_DEFAULTS", "fit_detection_stage", "detector_from_pipeline"),
 }

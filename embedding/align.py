@@ -55,18 +55,35 @@ def align_faces(image: np.ndarray, landmarks, size: int, template: np.ndarray) -
     return chips
 
 
-def margin_crop(image: np.ndarray, boxes, size: int, margin: float = 0.0) -> np.ndarray:
-    """facenet-pytorch's box-only crop: widen each xyxy box by ``margin`` pixels *of the output chip*, clip it to
-    the photo, and resize it to ``size``×``size`` with area interpolation. (N, size, size, 3) uint8."""
+def margin_crop_windows(boxes, size: int, margin: float, height: int, width: int) -> np.ndarray:
+    """(N, 4) int xyxy photo windows that ``margin_crop`` resizes: each xyxy box widened by ``margin`` pixels *of
+    the output chip* (half on each side), clipped to the ``width``×``height`` photo, truncated to integers."""
     boxes = _as_numpy(boxes).reshape(-1, 4).astype(np.float64)
+    pad = margin * (boxes[:, 2:] - boxes[:, :2]) / (size - margin) / 2  # (N, 2): x, y
+    low = np.maximum(boxes[:, :2] - pad, 0)
+    high = np.minimum(boxes[:, 2:] + pad, [width, height])
+    return np.hstack([low, high]).astype(np.int64)  # truncation towards zero, as int() in facenet-pytorch
+
+
+def box_crop_landmarks(landmarks, windows: np.ndarray, size: int) -> np.ndarray:
+    """(N, 5, 2) photo-px landmarks → where they land in ``margin_crop``'s ``size``×``size`` chips cut from the
+    (N, 4) int ``windows`` of ``margin_crop_windows`` (each window stretched to the square independently in x, y)."""
+    landmarks = _as_numpy(landmarks).reshape(-1, 5, 2).astype(np.float64)
+    windows = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
+    stretch = size / (windows[:, 2:] - windows[:, :2])  # (N, 2): chip px per photo px in x, y
+    return (landmarks - windows[:, None, :2]) * stretch[:, None, :]
+
+
+def margin_crop(image: np.ndarray, boxes, size: int, margin: float = 0.0) -> np.ndarray:
+    """facenet-pytorch's box-only crop (``extract_face`` on an array): widen each xyxy box by ``margin`` pixels
+    *of the output chip*, clip it to the photo, and resize it to ``size``×``size`` with area interpolation.
+    (N, size, size, 3) uint8."""
     height, width = image.shape[:2]
-    chips = np.zeros((len(boxes), size, size, 3), dtype=np.uint8)
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        pad_x = margin * (x2 - x1) / (size - margin) / 2
-        pad_y = margin * (y2 - y1) / (size - margin) / 2
-        left, top = int(max(x1 - pad_x, 0)), int(max(y1 - pad_y, 0))
-        right, bottom = int(min(x2 + pad_x, width)), int(min(y2 + pad_y, height))
+    windows = margin_crop_windows(boxes, size, margin, height, width)
+    chips = np.zeros((len(windows), size, size, 3), dtype=np.uint8)
+    for i, (left, top, right, bottom) in enumerate(windows):
         if right <= left or bottom <= top:
-            raise ValueError(f"box {[x1, y1, x2, y2]} lies outside the {width}x{height} photo")
+            raise ValueError(f"box {_as_numpy(boxes).reshape(-1, 4)[i].tolist()} lies outside the "
+                             f"{width}x{height} photo")
         chips[i] = cv2.resize(image[top:bottom, left:right], (size, size), interpolation=cv2.INTER_AREA)
     return chips

@@ -304,7 +304,6 @@ def test_each_net_overfits_real_crops(stage, tmp_path, train_xml, annotations):
 def test_fine_tuning_facenet_weights_keeps_cascade_ap(tmp_path, train_xml):
     """Three short stages of fine-tuning from facenet-pytorch's weights on the 4 training photos keep the cascade's
     AP@0.5 on dlib testing.xml (25 faces) within 2 points of the imported weights' AP."""
-    import detection.mtcnn.detector  # noqa: F401  (registers "mtcnn")
     from common.registry import build_detector
     from detection.evaluation import evaluate_detector, load_benchmark
 

@@ -1,0 +1,168 @@
+"""RetinaFace training: config schema, data, model, loss and the shared trainer, wired together."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from common.config import save_config
+from common.engine import Trainer, init_distributed, is_main_process, make_loader, resolve_device
+from common.metrics import average_precision
+from common.registry import build_detector, build_model
+from detection.data.dataset import DEFAULT_AUGMENTATION, FaceDetectionDataset, collate_detection
+from detection.data.readers import read_train_val
+from detection.retinaface.detector import BACKBONES, load_weights, pad_to_multiple, preprocess
+from detection.retinaface.loss import RetinaFaceLoss, anchor_metrics
+from detection.retinaface.postprocess import RetinaFacePostprocessor
+from detection.retinaface.targets import RetinaFaceAnchors, RetinaFaceTargetBuilder, flavor_of
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_WEIGHTS = "../shared/models/retinaface/mobilenet0.25_Final.pth"
+
+RETINAFACE_DEFAULTS = {
+    "stage": "detection",
+    "detector": "retinaface",
+    # flavor: "1mb" (anchors 10/20, 32/64, 128/256 px, ReLU: the shared mobilenet0.25_Final.pth) or "retinaface"
+    # (16/32, 64/128, 256/512, LeakyReLU: Pytorch_Retinaface's releases). backbone_weights: ImageNet weights of
+    # the backbone (local file) when training from scratch.
+    "model": {"backbone": "mobilenet0.25", "flavor": "1mb", "pretrained": True, "weights": DEFAULT_WEIGHTS,
+              "backbone_weights": None},
+    "data": {"format": "auto", "train": None, "val": None, "root": None, "val_fraction": 0.2, "split_seed": 42,
+             "augment": True, "augmentation": dict(DEFAULT_AUGMENTATION)},
+    "loss": {"hard_negative_ratio": 3.0, "box_weight": 2.0, "landmark_weight": 1.0, "use_focal_loss": False,
+             "focal_alpha": 0.25, "focal_gamma": 2.0, "box_loss": "smooth_l1", "positive_iou": 0.35,
+             "negative_iou": 0.35},
+    "train": {"input_size": 640, "epochs": 100, "batch_size": 16, "lr": 1e-3, "weight_decay": 5e-4,
+              "grad_clip": 10.0, "num_workers": 4, "device": "auto", "seed": 0, "amp": True,
+              "checkpoint_every": 10},
+    "eval": {"score_threshold": 0.02, "nms_iou": 0.4},
+    "inference": {"score_threshold": 0.9, "nms_iou": 0.4, "long_side": 640, "scales": [1.0], "tile_zooms": [1],
+                  "tile_overlap": 0.25},
+    "output": {"checkpoint_dir": "runs/retinaface/checkpoints", "log_dir": "runs/retinaface/logs", "resume": None,
+               "auto_resume": True},
+}
+
+
+def resolve_weights(weights: str | None) -> str | None:
+    """A relative weights path is tried as given, then from the project root (the config's convention)."""
+    if not weights or Path(weights).exists():
+        return weights
+    from_root = ROOT / weights
+    if from_root.exists():
+        return str(from_root)
+    raise FileNotFoundError(f"RetinaFace weights not found: {weights} (also looked in {from_root}). Put the public "
+                            "mobilenet0.25_Final.pth there, set model.weights / --weights, or train one.")
+
+
+def retinaface_from_config(cfg: dict, device: str):
+    """The photo detector a config describes (infer.py / evaluate.py)."""
+    model = cfg["model"]
+    return build_detector("retinaface", weights=resolve_weights(model["weights"]), backbone=model["backbone"],
+                          flavor=model["flavor"], device=device, **cfg["inference"])
+
+
+class RetinaFaceTask:
+    """The RetinaFace pieces the trainer calls: one training step, validation, and image grids."""
+
+    def __init__(self, cfg: dict, device: torch.device):
+        self.device = device
+        self.input_size = cfg["train"]["input_size"]
+        self.anchors = RetinaFaceAnchors.of_flavor(cfg["model"]["flavor"])
+        loss_cfg = dict(cfg["loss"])
+        self.targets = RetinaFaceTargetBuilder(self.anchors, self.input_size, loss_cfg.pop("positive_iou"),
+                                               loss_cfg.pop("negative_iou"))
+        self.loss = RetinaFaceLoss(self.targets.anchors_cxcywh, self.anchors.coder, **loss_cfg)
+        self.postprocess = RetinaFacePostprocessor(self.anchors, cfg["eval"]["score_threshold"],
+                                                   cfg["eval"]["nms_iou"])
+
+    def _forward(self, model, batch):
+        images, targets = batch
+        encoded = {k: v.to(self.device) for k, v in self.targets(targets).items()}
+        outputs = model(pad_to_multiple(preprocess(images.to(self.device))))
+        return outputs, encoded
+
+    def _terms(self, outputs, encoded) -> dict:
+        box_offsets, logits, landmark_offsets = (t.float() for t in outputs)
+        terms = self.loss(box_offsets, logits, landmark_offsets, encoded)
+        terms.update(anchor_metrics(box_offsets, logits, encoded, self.targets.anchors_cxcywh, self.anchors.coder))
+        return terms
+
+    def step(self, model, batch) -> dict:
+        return self._terms(*self._forward(model, batch))
+
+    def detections(self, outputs):
+        return self.postprocess(*outputs, self.input_size, self.input_size)
+
+    def evaluate(self, model, loader) -> dict:
+        sums, count, images = {}, 0, []
+        for batch in loader:
+            outputs, encoded = self._forward(model, batch)
+            for key, value in self._terms(outputs, encoded).items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+            for detections, target in zip(self.detections(outputs), batch[1]):
+                images.append({"pred_boxes": detections.boxes, "pred_scores": detections.scores,
+                               "gt_boxes": target["boxes"], "gt_ignore": target["ignore"]})
+        metrics = {k: v / max(count, 1) for k, v in sums.items()}
+        metrics["ap50"] = average_precision(images).ap
+        return metrics
+
+    def visualize(self, model, batch, max_images: int = 8) -> torch.Tensor:
+        images, targets = batch
+        images = images[:max_images]
+        outputs = model(pad_to_multiple(preprocess(images.to(self.device))))
+        drawn = []
+        for image, target, detections in zip(images, targets, self.detections(outputs)):
+            confident = detections[detections.scores >= 0.5]
+            for boxes, colour in ((target["boxes"], "lime"), (confident.boxes, "red")):
+                if len(boxes):
+                    image = draw_bounding_boxes(image, boxes, colors=colour, width=1)
+            drawn.append(image)
+        return make_grid(drawn, nrow=4)  # (3, H, W) uint8: ground truth green, detections red
+
+
+def build_retinaface_model(cfg: dict) -> torch.nn.Module:
+    model_cfg = cfg["model"]
+    if model_cfg["backbone"] not in BACKBONES:
+        raise ValueError(f"unknown model.backbone {model_cfg['backbone']!r}; choose from {', '.join(BACKBONES)}")
+    model = build_model(BACKBONES[model_cfg["backbone"]], backbone_weights=model_cfg["backbone_weights"],
+                        leaky_slope=flavor_of(model_cfg["flavor"]).leaky_slope)
+    if model_cfg["pretrained"]:
+        if not model_cfg["weights"]:
+            raise ValueError("model.pretrained needs model.weights (e.g. mobilenet0.25_Final.pth) or --weights")
+        load_weights(model, resolve_weights(model_cfg["weights"]))
+    return model
+
+
+def run_retinaface_training(cfg: dict) -> list[dict]:
+    device = resolve_device(cfg["train"]["device"])
+    init_distributed(device)
+    torch.manual_seed(cfg["train"]["seed"])
+    model = build_retinaface_model(cfg)
+    tcfg = cfg["train"]
+    train, val = read_train_val(cfg["data"])
+    augmentation = cfg["data"]["augmentation"] if cfg["data"]["augment"] else None
+    train_set = FaceDetectionDataset(train, tcfg["input_size"], augmentation, seed=tcfg["seed"])
+    val_set = FaceDetectionDataset(val, tcfg["input_size"], None)
+    task = RetinaFaceTask(cfg, device)
+    train_loader = make_loader(train_set, tcfg["batch_size"], True, tcfg["num_workers"], collate_detection,
+                               tcfg["seed"])
+    val_loader = make_loader(val_set, tcfg["batch_size"], False, tcfg["num_workers"], collate_detection,
+                             tcfg["seed"]) if len(val_set) else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(tcfg["epochs"], 1),
+                                                           eta_min=tcfg["lr"] * 0.01)
+    out = cfg["output"]
+    trainer = Trainer(model, optimizer, scheduler, task.step, out["checkpoint_dir"], out["log_dir"], "RetinaFace",
+                      device, tcfg["epochs"], copy.deepcopy(cfg), evaluate_fn=task.evaluate,
+                      visualize_fn=task.visualize, grad_clip=tcfg["grad_clip"], amp=tcfg["amp"],
+                      checkpoint_every=tcfg["checkpoint_every"], best_metric="ap50" if val_loader else "loss",
+                      best_mode="max" if val_loader else "min", seed=tcfg["seed"])
+    if is_main_process():
+        save_config(cfg, out["checkpoint_dir"])
+    resume = out["resume"] or (trainer.auto_resume_path() if out["auto_resume"] else None)
+    if resume:
+        trainer.resume(resume)
+    return trainer.fit(train_loader, val_loader)

@@ -1,0 +1,331 @@
+"""Embedding training: identity folders → aligned chips → P×K batches → triplet (and/or ArcFace) loss, through the
+shared Trainer. Validation is face verification on pairs of held-out identities (ROC AUC picks the best checkpoint).
+
+Every checkpoint records the identities the run trained on (``train_identities``) and validated on
+(``val_identities``), with the chip alignment and input normalisation, so that ``embedder_from_checkpoint`` rebuilds
+the exact test-time ``Embedder`` and evaluate.py can refuse to score a model on people it has seen
+(``training_identities``).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
+from torch.utils.data import DataLoader
+
+from common.checkpoint import CheckpointError, load_checkpoint, model_state_from_file
+from common.config import ConfigError, save_config
+from common.engine import Trainer, init_distributed, is_main_process, resolve_device
+from common.registry import build_detector, build_embedder, build_model
+from embedding.align import ARCFACE_TEMPLATE_112, scaled_template
+from embedding.data import (ALIGN_MODES, DEFAULT_AUGMENTATION, IdentityFolderDataset, PKSampler, cache_folder,
+                            collate_chips, lfw_fold_identities, prepare_chips, scan_identity_folders,
+                            split_identities)
+from embedding.embedder import Alignment, Embedder, file_sha256
+from embedding.losses import MINING, ArcFaceHead, TripletLoss, arcface_terms
+
+LOSS_TYPES = ("triplet", "arcface", "both")
+DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD = 127.5, 128.0  # (x - 127.5) / 128, as facenet-pytorch and MobileFaceNet
+
+EMBEDDING_DEFAULTS = {
+    "stage": "embedding",
+    # embedder: the registered embedder whose chip alignment and input normalisation training uses (built with
+    # random weights just to read them); null = chip_size px chips on the ArcFace template, (x - 127.5) / 128.
+    # embedding_dim: null = the model's own; weights: a state_dict or checkpoint file to start from.
+    "model": {"name": "mobilefacenet", "embedder": "mobilefacenet", "weights": None, "embedding_dim": None,
+              "chip_size": None},
+    # root/<identity>/<image>. align: none (images already are aligned chips: the central crop_fraction is resized)
+    # or mtcnn (detect + 5-point alignment, once, cached under cache_dir). lfw_people + lfw_train_folds restrict the
+    # identities to LFW View-2 folds (1-based); identities: an explicit list. Identities with fewer than
+    # min_images images are not used; val_fraction of the rest are held out for verification pairs.
+    "data": {"root": None, "cache_dir": "runs/embedding/chips", "align": "mtcnn", "crop_fraction": 1.0, "lfw_people": None,
+             "lfw_train_folds": [], "identities": None, "min_images": 2, "val_fraction": 0.1, "split_seed": 42,
+             "images_per_identity": 4, "fewer_than_k": "replace", "val_max_pairs": 3000, "augment": True,
+             "augmentation": dict(DEFAULT_AUGMENTATION)},
+    "loss": {"type": "triplet", "mining": "batch_hard", "margin": 0.2, "arcface_scale": 64.0,
+             "arcface_margin": 0.5, "arcface_weight": 1.0},
+    # batch_size = P identities × data.images_per_identity images
+    "train": {"epochs": 50, "batch_size": 64, "lr": 1e-3, "weight_decay": 5e-4, "grad_clip": 10.0,
+              "num_workers": 2, "device": "auto", "seed": 0, "amp": True, "checkpoint_every": 10},
+    "output": {"checkpoint_dir": "runs/embedding/checkpoints", "log_dir": "runs/embedding/logs", "resume": None, "auto_resume": True},
+}
+
+
+class EmbeddingNet(nn.Module):
+    """The trained module: a registered backbone, plus the ArcFace head when the loss uses one.
+    ``forward(images)`` → (B, D) embeddings; ``forward(images, labels)`` with a head → (embeddings, logits)."""
+
+    def __init__(self, backbone: nn.Module, head: ArcFaceHead | None = None):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        embeddings = self.backbone(images)
+        if self.head is None or labels is None:
+            return embeddings
+        return embeddings, self.head(embeddings, labels)
+
+
+BACKBONE_PREFIX = "backbone."
+
+
+def build_backbone(model_cfg: dict) -> nn.Module:
+    kwargs = {} if model_cfg["embedding_dim"] is None else {"embedding_dim": model_cfg["embedding_dim"]}
+    try:
+        return build_model(model_cfg["name"], **kwargs)
+    except TypeError as error:
+        raise ConfigError(f"model {model_cfg['name']!r} cannot be built with {kwargs}: {error}") from None
+
+
+def chip_conventions(model_cfg: dict) -> tuple[Alignment, list[float], list[float]]:
+    """(alignment, mean, std) training uses: the registered embedder's, or the defaults at model.chip_size."""
+    if model_cfg["embedder"]:
+        embedder = build_embedder(model_cfg["embedder"], weights=None, device="cpu")
+        alignment = embedder.alignment
+        if model_cfg["chip_size"] not in (None, alignment.size):
+            raise ConfigError(f"model.chip_size {model_cfg['chip_size']} differs from the {model_cfg['embedder']} "
+                              f"embedder's {alignment.size}; set one of them only")
+        return alignment, embedder.mean.flatten().tolist(), embedder.std.flatten().tolist()
+    if not model_cfg["chip_size"]:
+        raise ConfigError("set model.embedder (a registered embedder) or model.chip_size")
+    size = model_cfg["chip_size"]
+    template = tuple(map(tuple, scaled_template(size, ARCFACE_TEMPLATE_112).tolist()))
+    return Alignment(size, template, 0.0), [DEFAULT_INPUT_MEAN] * 3, [DEFAULT_INPUT_STD] * 3
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+def identity_pool(data_cfg: dict) -> dict[str, list[Path]]:
+    """{identity: source images} the config selects, before chips are made."""
+    if not data_cfg["root"]:
+        raise ConfigError("no training data: set data.root (a folder of root/<identity>/<image>)")
+    wanted = None
+    if data_cfg["lfw_train_folds"]:
+        if not data_cfg["lfw_people"]:
+            raise ConfigError("data.lfw_train_folds needs data.lfw_people (LFW's people.txt)")
+        wanted = lfw_fold_identities(data_cfg["lfw_people"], data_cfg["lfw_train_folds"])
+    if data_cfg["identities"] is not None:
+        listed = set(data_cfg["identities"])
+        wanted = sorted(listed if wanted is None else listed & set(wanted))
+    images = scan_identity_folders(data_cfg["root"], wanted)
+    return {name: paths for name, paths in images.items() if len(paths) >= data_cfg["min_images"]}
+
+
+def _distributed_rank() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def prepare_data(cfg: dict, alignment: Alignment, device: torch.device, show_progress: bool = True):
+    """(train chips, val chips) as {identity: chip paths}. Rank 0 makes missing chips; the others wait, then
+    read the same cache."""
+    data = cfg["data"]
+    if data["align"] not in ALIGN_MODES:
+        raise ConfigError(f"data.align must be one of {', '.join(ALIGN_MODES)}, got {data['align']!r}")
+    pool = identity_pool(data)
+    cache = cache_folder(data["cache_dir"], data["align"], alignment, data["crop_fraction"])
+    rank, _ = _distributed_rank()
+    chips = report = None
+    for turn in (0, 1):  # rank 0 prepares first; the others then find every chip made
+        if (rank == 0) == (turn == 0):
+            detector = build_detector("mtcnn", device=str(device)) if data["align"] == "mtcnn" and rank == 0 else None
+            chips, report = prepare_chips(pool, cache, data["align"], alignment, data["crop_fraction"], detector,
+                                          show_progress=show_progress and rank == 0)
+        if dist.is_initialized() and turn == 0:
+            dist.barrier()
+    if is_main_process() and (report.unreadable or report.no_face or report.skipped_files):
+        print(f"chips: {report.chips} in {cache}; skipped {len(report.skipped_files)} source images "
+              f"(this run: {report.unreadable} unreadable, {report.no_face} without a face; "
+              f"see {cache / 'skipped.tsv'})")
+    chips = {name: paths for name, paths in chips.items() if len(paths) >= data["min_images"]}
+    train_names, val_names = split_identities(list(chips), data["val_fraction"], data["split_seed"])
+    return {n: chips[n] for n in train_names}, {n: chips[n] for n in val_names}
+
+
+# ---- verification metric ---------------------------------------------------------------------------------
+def verification_pairs(labels: np.ndarray, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """((M, 2) index pairs, (M,) same-identity flags): up to ``max_pairs`` same-identity pairs and as many
+    different-identity pairs, drawn with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    first, second = np.triu_indices(len(labels), k=1)
+    same = labels[first] == labels[second]
+    positives = np.flatnonzero(same)
+    negatives = np.flatnonzero(~same)
+    count = min(len(positives), len(negatives), max_pairs)
+    chosen = np.concatenate([rng.choice(positives, count, replace=False), rng.choice(negatives, count, replace=False)])
+    return np.stack([first[chosen], second[chosen]], 1), same[chosen]
+
+
+def verification_metrics(embeddings: torch.Tensor, labels, max_pairs: int = 3000, seed: int = 0) -> dict:
+    """ROC AUC and best-threshold accuracy of cosine similarity on balanced same/different pairs."""
+    labels = np.asarray(labels)
+    pairs, same = verification_pairs(labels, max_pairs, seed)
+    if len(pairs) == 0 or same.all():
+        raise ValueError("verification needs same-identity and different-identity pairs: at least two identities, "
+                         "one of them with two images")
+    normalised = F.normalize(embeddings.float(), dim=1)
+    similarity = (normalised[pairs[:, 0]] * normalised[pairs[:, 1]]).sum(1).numpy()
+    false_positive_rate, true_positive_rate, _ = roc_curve(same, similarity)
+    balanced_accuracy = ((true_positive_rate + 1 - false_positive_rate) / 2).max()  # pairs are balanced
+    return {"auc": float(roc_auc_score(same, similarity)), "accuracy": float(balanced_accuracy),
+            "pairs": float(len(pairs))}
+
+
+# ---- task ------------------------------------------------------------------------------------------------
+class EmbeddingTask:
+    """The training step and validation the Trainer calls."""
+
+    def __init__(self, cfg: dict, mean, std, device: torch.device):
+        loss = cfg["loss"]
+        if loss["type"] not in LOSS_TYPES:
+            raise ConfigError(f"loss.type must be one of {', '.join(LOSS_TYPES)}, got {loss['type']!r}")
+        if loss["mining"] not in MINING:
+            raise ConfigError(f"loss.mining must be one of {', '.join(MINING)}, got {loss['mining']!r}")
+        self.device = device
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).reshape(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).reshape(1, 3, 1, 1)
+        self.use_triplet = loss["type"] in ("triplet", "both")
+        self.use_arcface = loss["type"] in ("arcface", "both")
+        self.triplet = TripletLoss(loss["margin"], loss["mining"])
+        self.arcface_weight = loss["arcface_weight"]
+        self.val_max_pairs, self.val_seed = cfg["data"]["val_max_pairs"], cfg["data"]["split_seed"]
+
+    def normalize(self, chips: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 → float input, as ``Embedder.preprocess``."""
+        return (chips.to(self.device).float() - self.mean) / self.std
+
+    def step(self, model, batch) -> dict:
+        chips, labels = batch
+        labels = labels.to(self.device)
+        if self.use_arcface:
+            embeddings, logits = model(self.normalize(chips), labels)
+        else:
+            embeddings = model(self.normalize(chips))
+        terms = self.triplet(embeddings, labels)
+        total = terms.pop("loss")
+        terms["triplet_loss"] = total
+        if self.use_arcface:
+            arcface = arcface_terms(logits.float(), labels)
+            terms.update(arcface)
+            weighted = self.arcface_weight * arcface["arcface_loss"]
+            total = total + weighted if self.use_triplet else weighted
+        if not self.use_triplet:
+            terms = {k: v.detach() for k, v in terms.items()}
+        terms["loss"] = total
+        return terms
+
+    def embed(self, model, loader) -> tuple[torch.Tensor, np.ndarray]:
+        embeddings, labels = [], []
+        for chips, batch_labels in loader:
+            embeddings.append(model(self.normalize(chips)).float().cpu())
+            labels.append(batch_labels.numpy())
+        return torch.cat(embeddings), np.concatenate(labels)
+
+    def evaluate(self, model, loader) -> dict:
+        embeddings, labels = self.embed(model, loader)
+        return verification_metrics(embeddings, labels, self.val_max_pairs, self.val_seed)
+
+
+def plain_loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
+    """In order, unsharded: every process validates on the whole set and gets the same metric."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_chips)
+
+
+def alignment_record(alignment: Alignment) -> dict:
+    return {"size": alignment.size, "template": [list(p) for p in alignment.template], "margin": alignment.margin,
+            "key": alignment.key}
+
+
+def run_embedding_training(cfg: dict) -> list[dict]:
+    device = resolve_device(cfg["train"]["device"])
+    init_distributed(device)
+    rank, world_size = _distributed_rank()
+    tcfg, data = cfg["train"], cfg["data"]
+    torch.manual_seed(tcfg["seed"])
+    k = data["images_per_identity"]
+    if tcfg["batch_size"] % k:
+        raise ConfigError(f"train.batch_size {tcfg['batch_size']} must be a multiple of data.images_per_identity "
+                          f"{k} (batches are P identities × K images)")
+    alignment, mean, std = chip_conventions(cfg["model"])
+    train_chips, val_chips = prepare_data(cfg, alignment, device)
+    augmentation = data["augmentation"] if data["augment"] else None
+    train_set = IdentityFolderDataset(train_chips, augmentation, seed=tcfg["seed"])
+    sampler = PKSampler(train_set.labels, tcfg["batch_size"] // k, k, seed=tcfg["seed"], rank=rank,
+                        world_size=world_size, fewer_than_k=data["fewer_than_k"], min_images=data["min_images"])
+    train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=tcfg["num_workers"],
+                              collate_fn=collate_chips)
+    val_loader = None
+    if len(val_chips) >= 2:
+        val_loader = plain_loader(IdentityFolderDataset(val_chips), tcfg["batch_size"],
+                                  tcfg["num_workers"])
+
+    backbone = build_backbone(cfg["model"])
+    if cfg["model"]["weights"]:
+        backbone.load_state_dict(_backbone_state(model_state_from_file(cfg["model"]["weights"])))
+    head = None
+    if cfg["loss"]["type"] in ("arcface", "both"):
+        with torch.no_grad():
+            dim = backbone.eval()(torch.zeros(2, 3, alignment.size, alignment.size)).shape[1]
+        head = ArcFaceHead(dim, len(train_set.identities), cfg["loss"]["arcface_scale"], cfg["loss"]["arcface_margin"])
+    model = EmbeddingNet(backbone, head)
+    task = EmbeddingTask(cfg, mean, std, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(tcfg["epochs"], 1),
+                                                           eta_min=tcfg["lr"] * 0.01)
+    extra = {"train_identities": train_set.identities, "val_identities": sorted(val_chips),
+             "alignment": alignment_record(alignment), "normalization": {"mean": mean, "std": std}}
+    out = cfg["output"]
+    trainer = Trainer(model, optimizer, scheduler, task.step, out["checkpoint_dir"], out["log_dir"],
+                      cfg["model"]["name"], device, tcfg["epochs"], copy.deepcopy(cfg), evaluate_fn=task.evaluate,
+                      grad_clip=tcfg["grad_clip"], amp=tcfg["amp"], checkpoint_every=tcfg["checkpoint_every"],
+                      best_metric="auc" if val_loader else "loss", best_mode="max" if val_loader else "min",
+                      seed=tcfg["seed"], extra=extra)
+    if is_main_process():
+        save_config(cfg, out["checkpoint_dir"])
+        print(f"embedding training: {len(train_set.identities)} identities ({len(train_set)} chips, "
+              f"{len(sampler)} P×K batches per epoch per process), {len(val_chips)} validation identities")
+    resume = out["resume"] or (trainer.auto_resume_path() if out["auto_resume"] else None)
+    if resume:
+        trainer.resume(resume)
+    return trainer.fit(train_loader, val_loader)
+
+
+# ---- what evaluate.py needs ------------------------------------------------------------------------------
+def _backbone_state(state: dict) -> dict:
+    """The backbone's weights from an EmbeddingNet state (keys ``backbone.*``) or a bare backbone state."""
+    if any(key.startswith(BACKBONE_PREFIX) for key in state):
+        return {key[len(BACKBONE_PREFIX):]: value for key, value in state.items() if key.startswith(BACKBONE_PREFIX)}
+    return state
+
+
+def _embedding_checkpoint(path) -> dict:
+    state = load_checkpoint(path)
+    missing = [key for key in ("train_identities", "alignment", "normalization") if key not in state]
+    if missing or (state.get("config") or {}).get("stage") != "embedding":
+        raise CheckpointError(f"{path} is not an embedding-training checkpoint (no {', '.join(missing) or 'stage'})")
+    return state
+
+
+def embedder_from_checkpoint(path, device: str | torch.device = "cpu", batch_size: int = 64) -> Embedder:
+    """The test-time Embedder of a trained checkpoint: its backbone, chip alignment and normalisation."""
+    state = _embedding_checkpoint(path)
+    model_cfg = state["config"]["model"]
+    backbone = build_backbone(model_cfg)
+    backbone.load_state_dict(_backbone_state(state["model"]))
+    record = state["alignment"]
+    alignment = Alignment(record["size"], tuple(map(tuple, record["template"])), record["margin"])
+    return Embedder(f"{model_cfg['name']}-trained", backbone, alignment, state["normalization"]["mean"],
+                    state["normalization"]["std"], weights_hash=file_sha256(path), device=device,
+                    batch_size=batch_size)
+
+
+def training_identities(path) -> set[str]:
+    """Every identity a checkpoint's run saw: trained on, or held out to pick the best epoch. A model must not be
+    scored on pairs of these people."""
+    state = _embedding_checkpoint(path)
+    return set(state["train_identities"]) | set(state.get("val_identities", []))
