@@ -1,20 +1,18 @@
 """BlazeFace training: config schema, data, model, loss and the shared trainer, wired together."""
 from __future__ import annotations
 
-import copy
 
 import torch
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from common.config import save_config
-from common.engine import Trainer, init_distributed, is_main_process, make_loader, resolve_device
+from common.engine import init_distributed, resolve_device
 from common.metrics import average_precision
 from common.registry import build_detector, build_model
 from detection.blazeface.detector import load_weights, normalize
 from detection.blazeface.loss import BlazeFaceLoss, anchor_metrics
 from detection.blazeface.postprocess import BlazeFacePostprocessor
 from detection.blazeface.targets import BlazeFaceAnchors, BlazeFaceTargetBuilder
-from detection.data.dataset import DEFAULT_AUGMENTATION, FaceDetectionDataset, collate_detection
+from detection.data.dataset import DEFAULT_AUGMENTATION, FaceDetectionDataset, fit_detector
 from detection.data.readers import read_train_val
 
 BLAZEFACE_DEFAULTS = {
@@ -118,24 +116,5 @@ def run_blazeface_training(cfg: dict) -> list[dict]:
         load_weights(model, cfg["model"]["weights"])
     train_set, val_set = load_datasets(cfg, BlazeFaceAnchors(variant).input_size)
     task = BlazeFaceTask(cfg, device)
-    tcfg = cfg["train"]
-    train_loader = make_loader(train_set, tcfg["batch_size"], True, tcfg["num_workers"], collate_detection,
-                               tcfg["seed"])
-    val_loader = make_loader(val_set, tcfg["batch_size"], False, tcfg["num_workers"], collate_detection,
-                             tcfg["seed"]) if len(val_set) else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(tcfg["epochs"], 1),
-                                                           eta_min=tcfg["lr"] * 0.01)
-    out = cfg["output"]
-    trainer = Trainer(model, optimizer, scheduler, task.step, out["checkpoint_dir"], out["log_dir"], "BlazeFace",
-                      device, tcfg["epochs"], copy.deepcopy(cfg), evaluate_fn=task.evaluate,
-                      visualize_fn=task.visualize, grad_clip=tcfg["grad_clip"], amp=tcfg["amp"],
-                      checkpoint_every=tcfg["checkpoint_every"], best_metric="ap50" if val_loader else "loss",
-                      best_mode="max" if val_loader else "min", seed=tcfg["seed"])
-    if is_main_process():
-        save_config(cfg, out["checkpoint_dir"])
-    resume = out["resume"] or (trainer.auto_resume_path() if out["auto_resume"] else None)
-    if resume:
-        trainer.resume(resume)
-    return trainer.fit(train_loader, val_loader)
+    return fit_detector(model, task, train_set, val_set, cfg, "BlazeFace", device)
 
