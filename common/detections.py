@@ -35,6 +35,14 @@ class Detections:
         return Detections(self.boxes[index].reshape(-1, 4), self.scores[index].reshape(-1),
                           self.landmarks[index].reshape(-1, NUM_LANDMARKS, 2))
 
+    def nearest_to_centre(self, height: int, width: int) -> int | None:
+        """Index of the face whose box centre is nearest the centre of a ``height`` × ``width`` image (the subject
+        of a portrait such as LFW's), or None without faces."""
+        if len(self) == 0:
+            return None
+        centres = (self.boxes[:, :2] + self.boxes[:, 2:]) / 2  # (N, 2)
+        return int((centres - torch.tensor([width / 2, height / 2])).pow(2).sum(1).argmin())
+
     def to(self, device) -> "Detections":
         return Detections(self.boxes.to(device), self.scores.to(device), self.landmarks.to(device))
 

@@ -123,15 +123,6 @@ def center_crop_chip(image: np.ndarray, size: int, crop_fraction: float) -> np.n
     return cv2.resize(crop, (size, size), interpolation=interpolation)
 
 
-def central_face(detections, height: int, width: int) -> int | None:
-    """Index of the detected face whose box centre is nearest the photo centre, or None without faces."""
-    if len(detections) == 0:
-        return None
-    boxes = detections.boxes
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2)
-    offsets = centres - torch.tensor([width / 2, height / 2])
-    return int(offsets.pow(2).sum(1).argmin())
-
 
 def cache_folder(cache_dir: str | Path, align: str, alignment: Alignment, crop_fraction: float) -> Path:
     """The chip cache of one way of making chips; different settings never share a folder."""
@@ -190,7 +181,7 @@ def prepare_chips(images: dict[str, list[Path]], cache: Path, align: str, alignm
         if align == "mtcnn" and photos:
             chips = []
             for photo, detections in zip(photos, detector.detect(photos)):
-                face = central_face(detections, *photo.shape[:2])
+                face = detections.nearest_to_centre(*photo.shape[:2])
                 chips.append(None if face is None else alignment.align(photo, detections.landmarks[face:face + 1])[0])
         else:
             chips = [center_crop_chip(photo, alignment.size, crop_fraction) for photo in photos]

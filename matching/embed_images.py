@@ -45,14 +45,6 @@ class EmbeddedImages:
     computed: int  # how many were computed now (the rest came from the cache)
 
 
-def central_face(detections, height: int, width: int) -> int | None:
-    """Index of the detected face whose box centre is nearest the image centre, or None without faces."""
-    if len(detections) == 0:
-        return None
-    boxes = detections.boxes.detach().cpu().numpy()
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2)
-    return int(np.argmin(np.linalg.norm(centres - np.array([width / 2, height / 2]), axis=1)))
-
 
 def fallback_box(height: int, width: int) -> np.ndarray:
     """(1, 4) float32 xyxy central box used when no face is detected."""
@@ -125,7 +117,7 @@ def detect_central_faces(stamps: Sequence[str], images: Sequence[np.ndarray], de
     if missing:
         for index, found in zip(missing, detector.detect([images[index] for index in missing])):
             height, width = images[index].shape[:2]
-            face = central_face(found, height, width)
+            face = found.nearest_to_centre(height, width)
             landmarks = (found.landmarks[face].detach().cpu().numpy() if face is not None else
                          np.full((5, 2), np.nan))
             cache.put(stamps[index], landmarks=landmarks.astype(np.float32))

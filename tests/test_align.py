@@ -124,13 +124,6 @@ def lfw_photos():
     return [read_image(sorted(person.glob("*.jpg"))[0]) for person in people]
 
 
-def _central_face(detections) -> int:
-    """Index of the detection nearest the photo centre (LFW's subject), or -1."""
-    if len(detections.scores) == 0:
-        return -1
-    centres = (detections.boxes[:, :2] + detections.boxes[:, 2:]) / 2  # (N, 2)
-    return int((centres - 125).norm(dim=1).argmin())  # LFW photos are 250×250
-
 
 def _lfw_face_boxes(count: int, seed: int) -> np.ndarray:
     """(count, 4) float xyxy boxes around where deep-funnelled LFW puts the face (~[75, 70, 175, 185]), jittered
@@ -176,7 +169,7 @@ def test_box_crop_landmarks_follow_the_crop(lfw_photos):
 def mtcnn_faces(lfw_photos):
     from common.registry import build_detector
     detections = build_detector("mtcnn", device="cpu", min_face=LFW_MIN_FACE).detect(lfw_photos)
-    return [(d.boxes[i].numpy(), d.landmarks[i].numpy()) if (i := _central_face(d)) >= 0 else None
+    return [(d.boxes[i].numpy(), d.landmarks[i].numpy()) if (i := d.nearest_to_centre(250, 250)) is not None else None
             for d in detections]
 
 
@@ -185,7 +178,7 @@ def blazeface_faces(lfw_photos):
     from common.registry import build_detector
     weights = shared_path("models", "mediapipe", "face_detection_short_range.tflite")
     detections = build_detector("blazeface", weights=str(weights), device="cpu", tile_zooms=(1,)).detect(lfw_photos)
-    return [(d.boxes[i].numpy(), d.landmarks[i].numpy()) if (i := _central_face(d)) >= 0 else None
+    return [(d.boxes[i].numpy(), d.landmarks[i].numpy()) if (i := d.nearest_to_centre(250, 250)) is not None else None
             for d in detections]
 
 

@@ -15,7 +15,7 @@ from common.registry import available_embedders, build_embedder, register_embedd
 from embedding.align import scaled_template
 from embedding.embedder import Alignment, Embedder
 from matching import benchmark
-from matching.embed_images import central_face, embed_images, fallback_box, jitter_chips
+from matching.embed_images import embed_images, fallback_box, jitter_chips
 from matching.protocol import read_lfw_pairs
 from tests.conftest import shared_path
 
@@ -88,8 +88,8 @@ def _write_images(folder, count):
 def test_central_face_and_fallback_box():
     boxes = torch.tensor([[0.0, 0.0, 40.0, 40.0], [100.0, 90.0, 150.0, 160.0], [200.0, 200.0, 250.0, 250.0]])
     detections = Detections(boxes, torch.ones(3), torch.zeros(3, 5, 2))
-    assert central_face(detections, 250, 250) == 1
-    assert central_face(Detections.empty(), 250, 250) is None
+    assert detections.nearest_to_centre(250, 250) == 1
+    assert Detections.empty().nearest_to_centre(250, 250) is None
     np.testing.assert_allclose(fallback_box(250, 250), [[80.0, 65.0, 172.5, 187.5]])
 
 
