@@ -101,7 +101,7 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
     rng = np.random.default_rng(demo["seed"])
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="attendance_demo_"))
-    totals = {"present": 0, "present_marked": 0, "absent": 0, "absent_marked": 0, "strangers": 0,
+    totals = {"marks": 0, "present": 0, "present_marked": 0, "absent": 0, "absent_marked": 0, "strangers": 0,
               "strangers_marked": 0, "seconds_mark": 0.0}
     service = AttendanceService(cfg, db_path=workdir / "demo.sqlite", verbose=verbose)
     try:
@@ -127,6 +127,7 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
             totals["seconds_mark"] += time.perf_counter() - start
             marked = {gallery.names[student]: _owner(marks.detections.boxes[face].tolist(), regions)
                       for face, student in marks.pairs}
+            totals["marks"] += len(marked)
             totals["present"] += len(present)
             totals["present_marked"] += sum(1 for name in present
                                             if marked.get(name) is not None and who[marked[name]] == name)
@@ -144,13 +145,15 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
         shutil.rmtree(workdir, ignore_errors=True)
     figures = {"classes": classes, "students_per_class": demo["students"], "present_per_class": demo["present"],
                "strangers_per_class": demo["strangers"],
+               "precision": round(totals["present_marked"] / max(totals["marks"], 1), 4),
                "present_marked_rate": round(totals["present_marked"] / totals["present"], 4),
                "absent_marked_rate": round(totals["absent_marked"] / max(totals["absent"], 1), 4),
                "strangers_marked_rate": round(totals["strangers_marked"] / max(totals["strangers"], 1), 4),
                "seconds_per_class_photo": round(totals["seconds_mark"] / classes, 2), **totals}
     (out / "demo.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
     print(f"{classes} classes of {demo['students']} enrolled, {demo['present']} present, {demo['strangers']} "
-          f"strangers: present students marked {figures['present_marked_rate']:.1%}, absent students marked "
+          f"strangers: precision {figures['precision']:.1%} (marks of the right student), recall "
+          f"{figures['present_marked_rate']:.1%} (present students marked), absent students marked "
           f"present {figures['absent_marked_rate']:.1%}, strangers marked as students "
           f"{figures['strangers_marked_rate']:.1%}; {figures['seconds_per_class_photo']} s per class photo → "
           f"{out / 'demo.json'}")

@@ -21,7 +21,7 @@ from matching.gallery import AttendanceDB, GalleryError, Mark
 ATTENDANCE_DEFAULTS = {
     "pipeline": "configs/pipeline.yaml",
     "enroll_set": ["detection.detectors=[mtcnn]"],
-    "mark_set": ["inference.tile_zooms=[1, 2]"],
+    "mark_set": [],
     "database": None,
     "device": "cpu",
     "quality": dict(QUALITY_DEFAULTS),

@@ -214,3 +214,16 @@ def test_enroll_mark_report_on_lfw_photos(tmp_path):
         assert failed.returncode == 2 and message in failed.stderr, (args, failed.stderr)
     with AttendanceDB(db) as check:
         assert len(check.session_marks("7B")) == 3
+
+
+@pytest.mark.slow
+def test_demo_builds_a_class_from_lfw_and_scores_it(tmp_path):
+    shared_path("data", "lfw")
+    out = tmp_path / "demo"
+    result = _run("demo", "--classes", "1", "--out", str(out), "--set", "demo.students=8", "--set", "demo.present=6",
+                  "--set", "demo.strangers=2", "--set", "demo.canvas=[1280, 720]")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((out / "demo.json").read_text())
+    assert figures["present"] == 6 and figures["strangers"] == 2
+    assert figures["present_marked_rate"] >= 5 / 6 and figures["precision"] == 1.0
+    assert figures["strangers_marked_rate"] == 0.0 and (out / "class0_annotated.jpg").is_file()
