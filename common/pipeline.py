@@ -30,7 +30,7 @@ PIPELINE_DEFAULTS = {
     **copy.deepcopy(FUSION_DEFAULTS),
     "stage": "all",
     # the embedder faces are aligned for and embedded with (common.registry.build_embedder)
-    "embedding": {"embedder": "dlib_resnet", "weights": None, "batch_size": 64,
+    "embedding": {"embedder": "dlib_resnet", "weights": None,
                   # train.py --stage all: the embedding stage's own config (null = skip training, use weights)
                   "train_config": None},
     # train.py --stage all: the matching stage's config (configs/matching.yaml); null = skip
@@ -89,10 +89,9 @@ def detector_from_pipeline(cfg: dict, device: str | None = None):
 
 
 def embedder_from_pipeline(cfg: dict, device: str | None = None):
-    from common.registry import build_embedder
+    from matching.benchmark import build_embedder_for  # published weights, or a checkpoint of our training
     section = cfg["embedding"]
-    return build_embedder(section["embedder"], weights=section["weights"], device=device or cfg["device"],
-                          batch_size=section["batch_size"])
+    return build_embedder_for(section["embedder"], section["weights"], device or cfg["device"])
 
 
 def pipeline_from_config(cfg: dict, device: str | None = None, verbose: bool = False) -> Pipeline:
@@ -147,7 +146,7 @@ def _run_embedding_stage(cfg: dict, run_dir: Path, manifest: dict) -> dict:
                                         f"output.log_dir={run_dir / 'embedding' / 'logs'}"])
     run_embedding_training(stage_cfg)
     best = sorted((run_dir / "embedding").glob("*_best.pth"))
-    return {"weights": str(best[0]) if best else None, "embedder": stage_cfg["model"]["name"]}
+    return {"weights": str(best[0]) if best else None, "embedder": stage_cfg["model"]["embedder"]}
 
 
 def _run_matching_stage(cfg: dict, run_dir: Path, manifest: dict) -> dict:
