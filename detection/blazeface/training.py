@@ -3,16 +3,15 @@ from __future__ import annotations
 
 
 import torch
-from torchvision.utils import draw_bounding_boxes, make_grid
 
 from common.engine import init_distributed, resolve_device
-from common.metrics import average_precision
 from common.registry import build_detector, build_model
 from detection.blazeface.detector import load_weights, normalize
 from detection.blazeface.loss import BlazeFaceLoss, anchor_metrics
 from detection.blazeface.postprocess import BlazeFacePostprocessor
 from detection.blazeface.targets import BlazeFaceAnchors, BlazeFaceTargetBuilder
-from detection.data.dataset import DEFAULT_AUGMENTATION, FaceDetectionDataset, fit_detector
+from detection.data.dataset import (DEFAULT_AUGMENTATION, FaceDetectionDataset, detection_grid, fit_detector,
+                                    validation_metrics)
 from detection.data.readers import read_train_val
 
 BLAZEFACE_DEFAULTS = {
@@ -73,33 +72,19 @@ class BlazeFaceTask:
         return terms
 
     def evaluate(self, model, loader) -> dict:
-        sums, count, images = {}, 0, []
-        for batch in loader:
-            raw_regressors, raw_scores, encoded = self._forward(model, batch)
-            terms = self.loss(raw_regressors, raw_scores, encoded)
-            terms.update(anchor_metrics(raw_regressors, raw_scores, encoded, self.anchors))
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            count += 1
-            for detections, target in zip(self.postprocess(raw_regressors, raw_scores), batch[1]):
-                images.append({"pred_boxes": detections.boxes, "pred_scores": detections.scores,
-                               "gt_boxes": target["boxes"], "gt_ignore": target["ignore"]})
-        metrics = {k: v / max(count, 1) for k, v in sums.items()}
-        metrics["ap50"] = average_precision(images).ap
-        return metrics
+        def batches():
+            for batch in loader:
+                raw_regressors, raw_scores, encoded = self._forward(model, batch)
+                terms = self.loss(raw_regressors, raw_scores, encoded)
+                terms.update(anchor_metrics(raw_regressors, raw_scores, encoded, self.anchors))
+                yield terms, self.postprocess(raw_regressors, raw_scores), batch[1]
+        return validation_metrics(batches())
 
     def visualize(self, model, batch, max_images: int = 8) -> torch.Tensor:
         images, targets = batch
         images = images[:max_images]
         raw_regressors, raw_scores = model(normalize(images.to(self.device)))
-        drawn = []
-        for image, target, detections in zip(images, targets, self.postprocess(raw_regressors, raw_scores)):
-            confident = detections[detections.scores >= 0.5]
-            for boxes, colour in ((target["boxes"], "lime"), (confident.boxes, "red")):
-                if len(boxes):
-                    image = draw_bounding_boxes(image, boxes, colors=colour, width=1)
-            drawn.append(image)
-        return make_grid(drawn, nrow=4)  # (3, H, W) uint8: ground truth green, detections red
+        return detection_grid(images, targets, self.postprocess(raw_regressors, raw_scores))
 
 
 def run_blazeface_training(cfg: dict) -> list[dict]:

@@ -13,10 +13,12 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision.utils import draw_bounding_boxes, make_grid
 
 from common.config import save_config
 from common.engine import Trainer, is_main_process, make_loader
 from common.io import read_image
+from common.metrics import average_precision
 from detection.data.readers import FaceAnnotation
 
 # Landmark order after a horizontal flip: the image-left eye becomes the image-right one, and so on.
@@ -132,3 +134,31 @@ def fit_detector(model, task, train_set, val_set, cfg: dict, name: str, device):
     if resume:
         trainer.resume(resume)
     return trainer.fit(train_loader, val_loader)
+
+
+def validation_metrics(batches) -> dict:
+    """Mean of each loss term over validation batches and AP@0.5 of their detections. ``batches`` yields
+    (terms dict, one ``Detections`` per image, the batch's targets)."""
+    sums, count, images = {}, 0, []
+    for terms, detections, targets in batches:
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        count += 1
+        for found, target in zip(detections, targets):
+            images.append({"pred_boxes": found.boxes, "pred_scores": found.scores,
+                           "gt_boxes": target["boxes"], "gt_ignore": target["ignore"]})
+    metrics = {k: v / max(count, 1) for k, v in sums.items()}
+    metrics["ap50"] = average_precision(images).ap
+    return metrics
+
+
+def detection_grid(images: torch.Tensor, targets: list[dict], detections, min_score: float = 0.5) -> torch.Tensor:
+    """(3, H, W) uint8 grid of the images with ground truth (green) and detections scoring ≥ ``min_score`` (red)."""
+    drawn = []
+    for image, target, found in zip(images, targets, detections):
+        confident = found[found.scores >= min_score]
+        for boxes, colour in ((target["boxes"], "lime"), (confident.boxes, "red")):
+            if len(boxes):
+                image = draw_bounding_boxes(image, boxes, colors=colour, width=1)
+        drawn.append(image)
+    return make_grid(drawn, nrow=4)

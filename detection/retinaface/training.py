@@ -4,12 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.utils import draw_bounding_boxes, make_grid
 
 from common.engine import init_distributed, resolve_device
-from common.metrics import average_precision
 from common.registry import build_detector, build_model
-from detection.data.dataset import DEFAULT_AUGMENTATION, FaceDetectionDataset, fit_detector
+from detection.data.dataset import (DEFAULT_AUGMENTATION, FaceDetectionDataset, detection_grid, fit_detector,
+                                    validation_metrics)
 from detection.data.readers import read_train_val
 from detection.retinaface.detector import BACKBONES, load_weights, pad_to_multiple, preprocess
 from detection.retinaface.loss import RetinaFaceLoss, anchor_metrics
@@ -94,31 +93,17 @@ class RetinaFaceTask:
         return self.postprocess(*outputs, self.input_size, self.input_size)
 
     def evaluate(self, model, loader) -> dict:
-        sums, count, images = {}, 0, []
-        for batch in loader:
-            outputs, encoded = self._forward(model, batch)
-            for key, value in self._terms(outputs, encoded).items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            count += 1
-            for detections, target in zip(self.detections(outputs), batch[1]):
-                images.append({"pred_boxes": detections.boxes, "pred_scores": detections.scores,
-                               "gt_boxes": target["boxes"], "gt_ignore": target["ignore"]})
-        metrics = {k: v / max(count, 1) for k, v in sums.items()}
-        metrics["ap50"] = average_precision(images).ap
-        return metrics
+        def batches():
+            for batch in loader:
+                outputs, encoded = self._forward(model, batch)
+                yield self._terms(outputs, encoded), self.detections(outputs), batch[1]
+        return validation_metrics(batches())
 
     def visualize(self, model, batch, max_images: int = 8) -> torch.Tensor:
         images, targets = batch
         images = images[:max_images]
         outputs = model(pad_to_multiple(preprocess(images.to(self.device))))
-        drawn = []
-        for image, target, detections in zip(images, targets, self.detections(outputs)):
-            confident = detections[detections.scores >= 0.5]
-            for boxes, colour in ((target["boxes"], "lime"), (confident.boxes, "red")):
-                if len(boxes):
-                    image = draw_bounding_boxes(image, boxes, colors=colour, width=1)
-            drawn.append(image)
-        return make_grid(drawn, nrow=4)  # (3, H, W) uint8: ground truth green, detections red
+        return detection_grid(images, targets, self.detections(outputs))
 
 
 def build_retinaface_model(cfg: dict) -> torch.nn.Module:
