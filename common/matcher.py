@@ -47,3 +47,10 @@ def match_anchors(anchors_xyxy: torch.Tensor, gt_boxes: torch.Tensor, positive_i
             if cost[row, col] > 0:
                 matched[candidates[col]] = counted[row]
     return matched
+
+
+def anchor_labels(matched: torch.Tensor) -> torch.Tensor:
+    """(A,) long classification targets from ``match_anchors``: 1 face, 0 background, -1 ignored."""
+    labels = (matched >= 0).long()
+    labels[matched == IGNORE] = -1
+    return labels

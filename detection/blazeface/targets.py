@@ -11,7 +11,7 @@ import torch
 from common.anchors import BLAZEFACE_ANCHOR_OPTIONS, AnchorGenerator
 from common.box_coder import BoxCoder
 from common.boxes import cxcywh_to_xyxy
-from common.matcher import IGNORE, match_anchors
+from common.matcher import anchor_labels, match_anchors
 
 NUM_MEDIAPIPE_KEYPOINTS = 6  # image-left eye, image-right eye, nose tip, mouth centre, left ear, right ear
 # The mouth corners sit this fraction of the eye-to-eye vector either side of the mouth centre (ArcFace's
@@ -65,9 +65,7 @@ class BlazeFaceTargetBuilder:
             boxes = target["boxes"]
             matched = match_anchors(anchors.matching_xyxy, boxes, self.positive_iou, self.negative_iou,
                                     target.get("ignore"))  # (A,)
-            label = torch.zeros(num_anchors, dtype=torch.long)
-            label[matched >= 0] = 1
-            label[matched == IGNORE] = -1
+            label = anchor_labels(matched)
             gt_index = matched.clamp(min=0)
             offsets = torch.zeros(num_anchors, 4)
             points = torch.zeros(num_anchors, NUM_MEDIAPIPE_KEYPOINTS, 2)

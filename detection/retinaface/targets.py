@@ -21,7 +21,7 @@ from common.anchors import AnchorGenerator
 from common.box_coder import BoxCoder
 from common.boxes import cxcywh_to_xyxy
 from common.detections import NUM_LANDMARKS
-from common.matcher import IGNORE, match_anchors
+from common.matcher import anchor_labels, match_anchors
 
 DEFAULT_STRIDES = (8, 16, 32)
 RETINAFACE_MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -90,9 +90,7 @@ class RetinaFaceTargetBuilder:
             boxes = target["boxes"]
             matched = match_anchors(self.anchors_xyxy, boxes, self.positive_iou, self.negative_iou,
                                     target.get("ignore"))  # (A,)
-            label = torch.zeros(num_anchors, dtype=torch.long)
-            label[matched >= 0] = 1
-            label[matched == IGNORE] = -1
+            label = anchor_labels(matched)
             positive = matched >= 0
             matched_boxes = torch.zeros(num_anchors, 4)
             offsets = torch.zeros(num_anchors, 4)
