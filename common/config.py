@@ -13,8 +13,19 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 class ConfigError(ValueError):
     pass
+
+
+def project_path(value: str | Path | None) -> Path | None:
+    """A path from a config: ``~`` expanded, relative paths taken from the project root (None stays None)."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
 
 
 def _check_type(key: str, default: Any, value: Any, source: str) -> Any:

@@ -77,10 +77,11 @@ def match_image_points(pred_boxes, pred_scores, gt_points):
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """All-point interpolated AP (PASCAL VOC 2010+): area under the monotone precision envelope."""
+    """All-point interpolated AP (PASCAL VOC 2010+): area under the monotone precision envelope. Undefined
+    precisions (NaN, as WIDER's evaluation can produce) are skipped by the envelope, as MATLAB's ``max``."""
     mrec = np.concatenate([[0.0], recall, [1.0]])
     mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    mpre = np.fmax.accumulate(mpre[::-1])[::-1]
     steps = np.nonzero(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 

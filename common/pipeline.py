@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from common.config import build_config, save_config
+from common.config import build_config, project_path, save_config
 from common.detections import Detections
 from fusion.detector import FUSION_DEFAULTS
 
@@ -141,7 +141,7 @@ def _run_embedding_stage(cfg: dict, run_dir: Path, manifest: dict) -> dict:
         return {"skipped": "embedding.train_config is null: the embedder's published weights are used",
                 "weights": cfg["embedding"]["weights"]}
     from embedding.training import EMBEDDING_DEFAULTS, run_embedding_training
-    stage_cfg = build_config(EMBEDDING_DEFAULTS, ROOT / config if not Path(config).is_absolute() else config,
+    stage_cfg = build_config(EMBEDDING_DEFAULTS, project_path(config),
                              set_items=[f"output.checkpoint_dir={run_dir / 'embedding'}",
                                         f"output.log_dir={run_dir / 'embedding' / 'logs'}"])
     run_embedding_training(stage_cfg)
@@ -158,8 +158,7 @@ def _run_matching_stage(cfg: dict, run_dir: Path, manifest: dict) -> dict:
     set_items = [f"output.path={run_dir / 'matching' / 'verifier.joblib'}"]
     if embedding.get("weights"):
         set_items += [f"embedder.weights={embedding['weights']}", f"embedder.name={embedding['embedder']}"]
-    run_matching_training(matching_config(ROOT / config if not Path(config).is_absolute() else config,
-                                          set_items=set_items))
+    run_matching_training(matching_config(project_path(config), set_items=set_items))
     return {"verifier": str(run_dir / "matching" / "verifier.joblib")}
 
 

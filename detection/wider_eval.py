@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from scipy.io import loadmat
 
+from common.metrics import voc_ap
+
 SETTINGS = ("easy", "medium", "hard")
 GROUND_TRUTH_FILES = {"all": "wider_face_val.mat", **{s: f"wider_{s}_val.mat" for s in SETTINGS}}
 NUM_THRESHOLDS = 1000
@@ -185,14 +187,6 @@ def image_pr_info(scores: np.ndarray, proposal: np.ndarray, recalled: np.ndarray
     recalls = np.concatenate([[0], recalled])[kept]
     return np.stack([proposals, recalls], axis=1).astype(np.float64)
 
-
-def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """All-point interpolated AP; undefined precisions (NaN) are skipped by the envelope, as MATLAB's ``max``."""
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.fmax.accumulate(mpre[::-1])[::-1]
-    changed = np.nonzero(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[changed + 1] - mrec[changed]) * mpre[changed + 1]))
 
 
 @dataclass

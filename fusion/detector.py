@@ -13,14 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
-from common.config import ConfigError
+from common.config import ConfigError, project_path
 from common.detections import Detections
 from common.tiling import drop_cut_faces, make_tiles
 from fusion.calibration import METHODS as CALIBRATION_METHODS
 from fusion.calibration import ScoreCalibrator, labelled_scores
 from fusion.merge import FusionSettings, fuse
-
-ROOT = Path(__file__).resolve().parents[1]
 
 DETECTOR_ENTRY = {"config": None, "set": [], "weight": 1.0, "calibration": None}
 FUSION_DEFAULTS = {
@@ -116,7 +114,7 @@ def _detector_config(name: str, entry: dict, loose: bool = False) -> dict:
         raise ConfigError(f"detection.detectors: unknown detector {name!r}; choose from "
                           f"{', '.join(sorted(set(DETECTORS) - {'fusion'}))}")
     config = entry["config"]
-    path = (ROOT / config if not Path(config).is_absolute() else Path(config)) if config else default_config_path(name)
+    path = project_path(config) if config else default_config_path(name)
     return detection_config(name, path, set_items=[*entry["set"], *(LOOSE_THRESHOLDS.get(name, []) if loose else [])])
 
 
@@ -141,8 +139,7 @@ def fusion_from_config(cfg: dict, device: str):
     from detection.training import detector_from_config
     entries = _entries(cfg)
     detectors = {name: detector_from_config(_detector_config(name, entry), device) for name, entry in entries.items()}
-    calibrators = {name: ScoreCalibrator.load(ROOT / entry["calibration"] if not Path(entry["calibration"]).is_absolute()
-                                              else entry["calibration"])
+    calibrators = {name: ScoreCalibrator.load(project_path(entry["calibration"]))
                    for name, entry in entries.items() if entry["calibration"]}
     settings = fusion_settings(cfg, [entry["weight"] for entry in entries.values()])
     inference = cfg["inference"]

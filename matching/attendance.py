@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -186,7 +185,3 @@ def merge_session(photo_marks: list[PhotoMarks], names: list[str]) -> list[dict]
             result.append({"student": name, "present": False, "score": None if top is None else round(top, 4),
                            "photo": None, "box": None})
     return result
-
-
-def photo_name(path: str | Path) -> str:
-    return Path(path).name

@@ -18,7 +18,6 @@ import numpy as np
 from tqdm import tqdm
 
 from common.io import read_image
-from common.pipeline import ROOT
 
 FACE_CROP = (40, 30, 210, 220)  # x1, y1, x2, y2 of a 250-px LFW photo kept for the class photo: head and neck
 SCALE_RANGE = (0.55, 1.0)       # of the crop's size in a canvas cell
@@ -27,11 +26,11 @@ SCALE_RANGE = (0.55, 1.0)       # of the crop's size in a canvas cell
 def find_lfw(lfw_root: str | None) -> Path:
     """The LFW image folder: the given root, ../shared/data/lfw, or scikit-learn's download (with its progress);
     a clear message when none is reachable."""
+    from matching.benchmark import DEFAULT_LFW_ROOT
     from matching.protocol import lfw_image_dir
-    candidates = [Path(lfw_root)] if lfw_root else [ROOT.parent / "shared" / "data" / "lfw"]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return lfw_image_dir(candidate)
+    root = Path(lfw_root) if lfw_root else DEFAULT_LFW_ROOT
+    if root.is_dir():
+        return lfw_image_dir(root)
     if lfw_root:
         raise FileNotFoundError(f"--lfw-root {lfw_root} does not exist")
     try:

@@ -7,12 +7,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
-from common.config import build_config
+from common.config import build_config, project_path
 from common.io import ImageReadError, list_images, read_image
-from common.pipeline import ROOT, pipeline_config, pipeline_from_config
+from common.pipeline import pipeline_config, pipeline_from_config
 from matching.attendance import (QUALITY_DEFAULTS, PhotoMarks, assign, calibrate_unknown_threshold,
                                  check_enrollment_photo, merge_session, roster_warnings, student_scores)
 from matching.attendance_report import annotate, write_csv, write_html, write_json
@@ -72,9 +73,7 @@ class AttendanceService:
     def pipeline(self, purpose: str):
         """The pipeline for enrolment photos or class photos (each with its own overrides), built once."""
         if purpose not in self._pipelines:
-            path = self.cfg["pipeline"]
-            path = ROOT / path if not Path(path).is_absolute() else Path(path)
-            pipeline_cfg = pipeline_config(path, self.cfg[f"{purpose}_set"])
+            pipeline_cfg = pipeline_config(project_path(self.cfg["pipeline"]), self.cfg[f"{purpose}_set"])
             self._pipelines[purpose] = pipeline_from_config(pipeline_cfg, self.cfg["device"], self.verbose)
         return self._pipelines[purpose]
 
@@ -155,7 +154,6 @@ class AttendanceService:
         marks = merge_session(results, gallery.names)
         unknown = sum(len(item.unknown) for item in results)
         out.mkdir(parents=True, exist_ok=True)
-        import cv2
         for (name, image), item in zip(images, results):
             cv2.imwrite(str(out / f"annotated_{Path(name).stem}.jpg"), annotate(image, item, gallery.names))
         write_csv(out / "attendance.csv", marks)

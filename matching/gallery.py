@@ -48,7 +48,6 @@ class Gallery:
 
     class_id: int
     names: list[str]
-    student_ids: list[int]
     vectors: np.ndarray
     owners: np.ndarray
     photos: list[str]
@@ -151,8 +150,7 @@ class AttendanceDB:
             "WHERE s.class_id = ? ORDER BY e.id", (class_id,)).fetchall()
         vectors = (np.stack([np.frombuffer(vector, np.float32) for _, vector, _ in rows]) if rows
                    else np.zeros((0, 0), np.float32))
-        return Gallery(class_id, [name for _, name in students], [student_id for student_id, _ in students],
-                       vectors, np.array([index[student_id] for student_id, _, _ in rows], dtype=np.int64),
+        return Gallery(class_id, [name for _, name in students], vectors, np.array([index[student_id] for student_id, _, _ in rows], dtype=np.int64),
                        [photo for _, _, photo in rows])
 
     # ------------------------------------------------------------------ sessions

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import ConfigError, build_config, save_config
+from common.config import ConfigError, build_config, project_path, save_config
 from matching.embed_images import DEFAULT_CACHE_DIR, embed_images
 from matching.protocol import lfw_image_dir, read_lfw_pairs, read_pairs_csv
 from matching.verifier import CLASSIFIERS, METRICS, build_verifier
 
-ROOT = Path(__file__).resolve().parents[1]
 VERIFIER_KINDS = ("threshold", "classifier")
 
 MATCHING_DEFAULTS = {
@@ -34,13 +33,6 @@ MATCHING_DEFAULTS = {
                  "hidden": [64], "max_iter": 1000},
     "output": {"path": "runs/matching/verifier.joblib"},
 }
-
-
-def _project_path(value: str | None) -> Path | None:
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else ROOT / path
 
 
 # train.py flags that set a matching key; every other flag of train.py belongs to another stage.
@@ -84,7 +76,7 @@ def embed_pairs(pairs, embedder, detector, cfg) -> tuple[np.ndarray, np.ndarray,
     """(embeddings_x (N, D), embeddings_y (N, D), same (N,)) of ``pairs``."""
     paths = [pair.path_x for pair in pairs] + [pair.path_y for pair in pairs]
     embedded = embed_images(paths, embedder, detector, cfg["detector"], jitter=cfg["embedder"]["jitter"],
-                            cache_dir=_project_path(cfg["data"]["cache_dir"]) or DEFAULT_CACHE_DIR)
+                            cache_dir=project_path(cfg["data"]["cache_dir"]) or DEFAULT_CACHE_DIR)
     embeddings_x, embeddings_y = np.split(embedded.embeddings, 2)
     return embeddings_x, embeddings_y, np.array([pair.same for pair in pairs])
 
@@ -95,8 +87,8 @@ def run_matching_training(cfg: dict) -> dict:
     from matching.benchmark import build_embedder_for
 
     data = cfg["data"]
-    lfw_root, images = _project_path(data["lfw_root"]), _project_path(data["images"])
-    train_pairs = load_pair_file(_project_path(data["pairs"]), lfw_root, images)
+    lfw_root, images = project_path(data["lfw_root"]), project_path(data["images"])
+    train_pairs = load_pair_file(project_path(data["pairs"]), lfw_root, images)
     embedder = build_embedder_for(cfg["embedder"]["name"], cfg["embedder"]["weights"], cfg["embedder"]["device"])
     detector = build_detector(cfg["detector"], device=cfg["embedder"]["device"])
     options = cfg["verifier"]
@@ -109,12 +101,12 @@ def run_matching_training(cfg: dict) -> dict:
     print(f"fitted {options['kind']} verifier on {len(train_pairs)} pairs: training accuracy "
           f"{verifier.train_accuracy:.4f}")
     if data["test_pairs"]:
-        test_pairs = load_pair_file(_project_path(data["test_pairs"]), lfw_root, images)
+        test_pairs = load_pair_file(project_path(data["test_pairs"]), lfw_root, images)
         embeddings_x, embeddings_y, same = embed_pairs(test_pairs, embedder, detector, cfg)
         accuracy = float((verifier.predict(embeddings_x, embeddings_y) == same).mean())
         figures.update(test_pairs=len(test_pairs), test_accuracy=round(accuracy, 6))
         print(f"held-out accuracy on {data['test_pairs']} ({len(test_pairs)} pairs): {accuracy:.4f}")
-    output = _project_path(cfg["output"]["path"])
+    output = project_path(cfg["output"]["path"])
     verifier.save(output)
     save_config(cfg, output.parent, f"{output.stem}.config.yaml")
     output.with_name(f"{output.stem}.metrics.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
