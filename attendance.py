@@ -5,6 +5,7 @@
     python attendance.py mark --class 7B --photo room1.jpg room2.jpg --date 2026-11-23 --out results/7B
     python attendance.py report --class 7B --from 2026-09-01 --to 2026-12-31 --out results/7B-report
     python attendance.py demo                                           # classes built from LFW, scored
+    python attendance.py serve                                          # the same as a web app on localhost:8000
 
 The database (SQLite) defaults to attendance.sqlite next to the config; --db chooses another.
 """
@@ -52,26 +53,25 @@ def parse_args(argv):
     demo.add_argument("--lfw-root", help="LFW folder (default: ../shared/data/lfw, else scikit-learn's download)")
     demo.add_argument("--classes", type=int, help="random classes to run (default: demo.classes of the config)")
     demo.add_argument("--out", default="results/attendance_demo", help="folder for the demo's figures and photos")
+    serve = command("serve", "the web app for teachers: create classes, enrol, mark, correct, history, CSV")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: %(default)s, this computer only; the app has no login)")
+    serve.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     return parser.parse_args(argv)
-
-
-def iso_date(value: str | None, flag: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value).isoformat()
-    except ValueError:
-        raise ValueError(f"{flag} must be a date like 2026-11-23, got {value!r}") from None
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from matching.attendance_service import AttendanceService, attendance_config
+    from matching.attendance_service import AttendanceService, attendance_config, iso_date
 
     cfg = attendance_config(args.config, args.set)
     if args.command == "demo":
         from matching.attendance_demo import run_demo
         run_demo(cfg, args.lfw_root, args.classes, Path(args.out), verbose=args.verbose)
+        return 0
+    if args.command == "serve":
+        from matching.webapp import serve
+        serve(cfg, args.db, args.host, args.port, verbose=args.verbose)
         return 0
     service = AttendanceService(cfg, db_path=args.db, verbose=args.verbose)
     try:

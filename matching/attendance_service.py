@@ -3,6 +3,7 @@ call it): ``enroll``, ``mark``, ``report``."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,11 @@ ATTENDANCE_DEFAULTS = {
     "matching": {"target_far": 0.001, "floor": 0.9},
     "demo": {"lfw_root": None, "classes": 20, "students": 30, "present": 25, "strangers": 5, "enroll_photos": 2,
              "canvas": [1920, 1080], "seed": 0},
+    "web": {"max_upload_mb": 25.0, "max_files": 40, "data_dir": None},
     "config_path": None,
 }
 UNSAFE_NAME = re.compile(r"[\\/\x00]|^\.\.?$")
+RATES_CSV, RATES_PNG = "attendance_rates.csv", "attendance_rates.png"  # what ``report`` writes
 
 
 def attendance_config(path=None, set_items=()) -> dict:
@@ -46,10 +49,32 @@ def default_database(cfg: dict) -> Path:
     return (Path(cfg["config_path"]).resolve().parent if cfg["config_path"] else Path.cwd()) / "attendance.sqlite"
 
 
+def iso_date(value: str | None, flag: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ValueError(f"{flag} must be a date like 2026-11-23, got {value!r}") from None
+
+
+def annotated_name(photo: str) -> str:
+    """The file name ``mark`` gives the annotated copy of ``photo``."""
+    return f"annotated_{Path(photo).stem}.jpg"
+
+
 def check_student_name(name: str) -> str:
     if not name.strip() or UNSAFE_NAME.search(name):
         raise ValueError(f"student name {name!r} is not allowed: no path separators, NUL, '.' or '..'")
     return name
+
+
+@dataclass
+class MarkResult:
+    summary: dict                 # what attendance.json holds
+    photos: list[PhotoMarks]      # per photo: faces, scores, assignment, aligned chips
+    names: list[str]              # the gallery's students (the columns of each photo's scores)
+    session_id: int
 
 
 @dataclass
@@ -65,7 +90,7 @@ class AttendanceService:
         self.cfg = cfg
         self.db = AttendanceDB(db_path or default_database(cfg))
         self.verbose = verbose
-        self._pipelines = pipelines or {}
+        self._pipelines = {} if pipelines is None else pipelines  # a shared dict is filled for every sharer
 
     def close(self) -> None:
         self.db.close()
@@ -84,10 +109,12 @@ class AttendanceService:
         students = sorted(child for child in roster.iterdir() if child.is_dir())
         if not students:
             raise ValueError(f"{roster}: no student folders; expected {roster}/<student>/<photos>")
+        for folder in students:  # a bad name stops the run before any photo is processed
+            check_student_name(folder.name)
         pipeline = self.pipeline("enroll")
         result, kept, embeddings, photo_names = EnrollResult(), {}, {}, {}
         for folder in tqdm(students, desc="enrolling", unit="student"):
-            name = check_student_name(folder.name)
+            name = folder.name
             photos = list_images(folder)
             if not photos:
                 result.rejected.append((str(folder), "no image files"))
@@ -147,25 +174,36 @@ class AttendanceService:
             results.append(PhotoMarks(name, faces.detections, scores, assign(scores, threshold), faces.chips))
         return gallery, threshold, impostor_pairs, results
 
+    def create_class(self, class_name: str) -> int:
+        """An empty class for the embedder of the enrolment pipeline."""
+        return self.db.create_class(class_name, self.pipeline("enroll").embedder.cache_key)
+
     def mark(self, class_name: str, photos: list[Path], session: str, date: str, out: Path) -> dict:
         self.db.class_id(class_name)  # a clear error before any work
-        images = [(photo.name, read_image(photo)) for photo in photos]
+        return self.mark_images(class_name, [(photo.name, read_image(photo)) for photo in photos], session, date,
+                                out).summary
+
+    def mark_images(self, class_name: str, images: list[tuple[str, np.ndarray]], session: str, date: str,
+                    out: Path) -> MarkResult:
+        """Mark decoded photos ((name, RGB) pairs) of one session, write the outputs to ``out``, then store the
+        marks (the last step, one transaction)."""
         gallery, threshold, impostor_pairs, results = self.match_photos(class_name, images)
         marks = merge_session(results, gallery.names)
         unknown = sum(len(item.unknown) for item in results)
         out.mkdir(parents=True, exist_ok=True)
         for (name, image), item in zip(images, results):
-            cv2.imwrite(str(out / f"annotated_{Path(name).stem}.jpg"), annotate(image, item, gallery.names))
+            cv2.imwrite(str(out / annotated_name(name)), annotate(image, item, gallery.names))
         write_csv(out / "attendance.csv", marks)
         summary = write_json(out / "attendance.json", marks, unknown, class_name=class_name, session=session,
                              date=date, threshold=round(threshold, 4), impostor_pairs=impostor_pairs)
         write_html(out / "report.html", class_name, session, marks, results, gallery.names, threshold)
-        self.db.save_session(class_name, session, date, threshold, unknown, [name for name, _ in images],
-                             [Mark(m["student"], m["present"], m["score"], m["photo"], m["box"]) for m in marks])
+        session_id = self.db.save_session(
+            class_name, session, date, threshold, unknown, [name for name, _ in images],
+            [Mark(m["student"], m["present"], m["score"], m["photo"], m["box"]) for m in marks])
         faces = sum(len(item.detections) for item in results)
         print(f"{class_name} {session}: {len(summary['present'])} present, {len(summary['absent'])} absent, "
               f"{unknown} unknown faces ({faces} faces in {len(images)} photos; threshold {threshold:.3f}) → {out}")
-        return summary
+        return MarkResult(summary, results, gallery.names, session_id)
 
     # ------------------------------------------------------------------ report
     def report(self, class_name: str, date_from: str | None, date_to: str | None, out: Path) -> list[dict]:
@@ -181,15 +219,15 @@ class AttendanceService:
             rows.append({"student": student, "sessions": len(own), "present": present,
                          "rate": round(present / len(own), 4)})
         out.mkdir(parents=True, exist_ok=True)
-        with (out / "attendance_rates.csv").open("w", newline="", encoding="utf-8") as handle:
+        with (out / RATES_CSV).open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["student", "sessions", "present", "rate"])
             writer.writeheader()
             writer.writerows(rows)
-        plot_rates(rows, out / "attendance_rates.png", f"{class_name}: {len(sessions)} sessions, "
+        plot_rates(rows, out / RATES_PNG, f"{class_name}: {len(sessions)} sessions, "
                    f"{sessions[0][0]} to {sessions[-1][0]}")
         for row in rows:
             print(f"{row['student']:30s} {row['present']:3d}/{row['sessions']:<3d} {row['rate']:.0%}")
-        print(f"→ {out / 'attendance_rates.csv'}, {out / 'attendance_rates.png'}")
+        print(f"→ {out / RATES_CSV}, {out / RATES_PNG}")
         return rows
 
 

@@ -1,5 +1,5 @@
 """The attendance database (SQLite, one file, no server): classes, students with one embedding per enrolled photo,
-sessions and their marks.
+sessions and their marks, and the teacher's corrections of marks.
 
 Every change is one transaction (a re-enrolled student's photos are replaced all at once; a session's marks land
 together), the journal is WAL so several ``mark`` runs can write the same file, and the file is created readable
@@ -35,6 +35,14 @@ CREATE TABLE IF NOT EXISTS marks (
     student_id INTEGER NOT NULL REFERENCES students(id) ON DELETE CASCADE, present INTEGER NOT NULL,
     score REAL, photo TEXT, box TEXT, corrected INTEGER NOT NULL DEFAULT 0, UNIQUE (session_id, student_id));
 """
+# MIGRATIONS[i] takes a database from ``PRAGMA user_version`` i to i + 1, in one transaction; SCHEMA is version 0,
+# so a database written before a migration existed opens and is brought up to date.
+MIGRATIONS = (
+    ("""CREATE TABLE corrections (
+        id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        student_id INTEGER NOT NULL REFERENCES students(id) ON DELETE CASCADE, present INTEGER NOT NULL,
+        previous INTEGER, reason TEXT NOT NULL, created REAL NOT NULL)""",),
+)
 BUSY_TIMEOUT_MS = 60_000  # a concurrent writer waits this long for the lock
 
 
@@ -75,8 +83,23 @@ class AttendanceDB:
             self.connection.execute("PRAGMA journal_mode = WAL")
             self.connection.execute("PRAGMA foreign_keys = ON")
             self.connection.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as error:
             raise GalleryError(f"{self.path}: not an attendance database ({error})") from None
+
+    def _migrate(self) -> None:
+        version = self.connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise GalleryError(f"{self.path}: database schema version {version} is newer than this program's "
+                               f"({len(MIGRATIONS)}); update the program")
+        while version < len(MIGRATIONS):
+            with self.transaction() as connection:  # read again under the write lock: another process may have
+                version = connection.execute("PRAGMA user_version").fetchone()[0]  # migrated meanwhile
+                if version < len(MIGRATIONS):
+                    for statement in MIGRATIONS[version]:
+                        connection.execute(statement)
+                    version += 1
+                    connection.execute(f"PRAGMA user_version = {version}")
 
     def close(self) -> None:
         self.connection.close()
@@ -101,6 +124,17 @@ class AttendanceDB:
     # ------------------------------------------------------------------ classes and students
     def class_names(self) -> list[str]:
         return [row[0] for row in self.connection.execute("SELECT name FROM classes ORDER BY name")]
+
+    def classes(self) -> dict[int, str]:
+        """id → name of every class, by name."""
+        return dict(self.connection.execute("SELECT id, name FROM classes ORDER BY name"))
+
+    def create_class(self, name: str, embedder: str) -> int:
+        """A new, empty class for embeddings of ``embedder``; an error if the name is taken."""
+        with self.transaction() as connection:
+            if connection.execute("SELECT 1 FROM classes WHERE name = ?", (name,)).fetchone():
+                raise GalleryError(f"class {name!r} already exists in {self.path}")
+            return self.ensure_class(connection, name, embedder)
 
     def class_id(self, name: str, embedder: str | None = None) -> int:
         """The class's id; ``embedder`` (cache key of the embedder in use) must match the one it was enrolled with."""
@@ -157,7 +191,7 @@ class AttendanceDB:
     def save_session(self, class_name: str, key: str, date: str, threshold: float, unknown_faces: int,
                      photos: list[str], marks: list[Mark]) -> int:
         """Store a session's marks in one transaction. Marking a session again merges: a student is present if
-        present in either run, with the better score."""
+        present in either run, with the better score; a mark the teacher corrected keeps the correction."""
         class_id = self.class_id(class_name)
         with self.transaction() as connection:
             row = connection.execute("SELECT id, unknown_faces, photos FROM sessions WHERE class_id = ? AND key = ?",
@@ -176,7 +210,7 @@ class AttendanceDB:
                 connection.execute(
                     "INSERT INTO marks (session_id, student_id, present, score, photo, box) VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (session_id, student_id) DO UPDATE SET "
-                    "present = MAX(present, excluded.present), "
+                    "present = CASE WHEN corrected THEN present ELSE MAX(present, excluded.present) END, "
                     "photo = CASE WHEN excluded.score > COALESCE(score, -1e9) THEN excluded.photo ELSE photo END, "
                     "box = CASE WHEN excluded.score > COALESCE(score, -1e9) THEN excluded.box ELSE box END, "
                     "score = MAX(COALESCE(score, -1e9), COALESCE(excluded.score, -1e9))",
@@ -184,16 +218,55 @@ class AttendanceDB:
                      json.dumps(mark.box) if mark.box is not None else None))
         return session_id
 
-    def correct_mark(self, class_name: str, key: str, student: str, present: bool) -> None:
-        """A teacher's correction of one mark, kept as corrected."""
+    def sessions(self, class_name: str) -> list[dict]:
+        """The class's sessions, newest date first."""
+        rows = self.connection.execute(
+            "SELECT id, key, date, threshold, unknown_faces, photos FROM sessions WHERE class_id = ? "
+            "ORDER BY date DESC, created DESC", (self.class_id(class_name),)).fetchall()
+        return [{"id": row[0], "session": row[1], "date": row[2], "threshold": row[3], "unknown_faces": row[4],
+                 "photos": json.loads(row[5])} for row in rows]
+
+    def correct_mark(self, class_name: str, key: str, student: str, present: bool, reason: str = "teacher") -> None:
+        self.correct_marks(class_name, key, {student: present}, reason)
+
+    def correct_marks(self, class_name: str, key: str, changes: dict[str, bool], reason: str) -> None:
+        """A teacher's corrections of one session's marks (student → present), all or none: each mark is set and
+        flagged corrected, and logged in ``corrections`` with its previous value and ``reason``. A student enrolled
+        after the session gets a mark."""
         class_id = self.class_id(class_name)
         with self.transaction() as connection:
-            row = connection.execute(
-                "SELECT m.id FROM marks m JOIN sessions s ON s.id = m.session_id JOIN students t ON t.id = m.student_id "
-                "WHERE s.class_id = ? AND s.key = ? AND t.name = ?", (class_id, key, student)).fetchone()
+            row = connection.execute("SELECT id FROM sessions WHERE class_id = ? AND key = ?",
+                                     (class_id, key)).fetchone()
             if row is None:
-                raise GalleryError(f"no mark of {student!r} in session {key!r} of class {class_name!r}")
-            connection.execute("UPDATE marks SET present = ?, corrected = 1 WHERE id = ?", (int(present), row[0]))
+                raise GalleryError(f"class {class_name!r} has no session {key!r}")
+            session_id = row[0]
+            for student, present in changes.items():
+                found = connection.execute("SELECT id FROM students WHERE class_id = ? AND name = ?",
+                                           (class_id, student)).fetchone()
+                if found is None:
+                    raise GalleryError(f"{student!r} is not enrolled in class {class_name!r}")
+                previous = connection.execute("SELECT present FROM marks WHERE session_id = ? AND student_id = ?",
+                                              (session_id, found[0])).fetchone()
+                connection.execute(
+                    "INSERT INTO marks (session_id, student_id, present, corrected) VALUES (?, ?, ?, 1) "
+                    "ON CONFLICT (session_id, student_id) DO UPDATE SET present = excluded.present, corrected = 1",
+                    (session_id, found[0], int(present)))
+                connection.execute(
+                    "INSERT INTO corrections (session_id, student_id, present, previous, reason, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (session_id, found[0], int(present), None if previous is None else previous[0], reason,
+                     time.time()))
+
+    def corrections(self, class_name: str, key: str | None = None) -> list[dict]:
+        """The log of corrections of the class's sessions (or of session ``key``), oldest first."""
+        rows = self.connection.execute(
+            "SELECT s.key, s.date, t.name, c.present, c.previous, c.reason, c.created FROM corrections c "
+            "JOIN sessions s ON s.id = c.session_id JOIN students t ON t.id = c.student_id "
+            "WHERE s.class_id = ? AND (? IS NULL OR s.key = ?) ORDER BY c.id",
+            (self.class_id(class_name), key, key)).fetchall()
+        return [{"session": row[0], "date": row[1], "student": row[2], "present": bool(row[3]),
+                 "previous": None if row[4] is None else bool(row[4]), "reason": row[5], "created": row[6]}
+                for row in rows]
 
     def session_marks(self, class_name: str, date_from: str | None = None, date_to: str | None = None) -> list[dict]:
         """Every mark of the class's sessions with ``date_from <= date <= date_to`` (ISO dates), by date."""
