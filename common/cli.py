@@ -1,10 +1,15 @@
 """What every command line shares: expected errors become one clear message and exit code 2, not a traceback."""
 from __future__ import annotations
 
+import re
 import sys
 from typing import Callable
 
 EXIT_USAGE = 2
+
+# torch re-raises an exception of a DataLoader worker with the worker's whole traceback as its message.
+_WORKER_TRACEBACK = re.compile(r"^Original Traceback \(most recent call last\):$", re.MULTILINE)
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: ", re.MULTILINE)  # "module.SomeError: message"
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
@@ -21,9 +26,19 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     try:
         return int(main(argv) or 0)
     except expected_errors() as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_message(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def error_message(error: BaseException) -> str:
+    """The message of ``error``; of an exception from a DataLoader worker, the original message without the
+    worker's traceback."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if _WORKER_TRACEBACK.search(message):
+        exception_lines = list(_EXCEPTION_LINE.finditer(message))
+        if exception_lines:
+            message = message[exception_lines[-1].end():].strip()
+    return message

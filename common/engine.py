@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -21,11 +22,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, load_checkpoint, restore_rng_states, save_checkpoint, unwrap
+from common.config import ConfigError
 
 
 # What save_checkpoint itself writes; Trainer(extra=...) may not overwrite these.
 RESERVED_CHECKPOINT_KEYS = frozenset({"model", "optimizer", "scheduler", "scaler", "epoch", "best_metric", "config",
                                       "rng"})
+# Checkpoints auto-resume looks at: the newest readable one wins. "previous" is the "last" of the epoch before, kept
+# so that a damaged "last" (a full disk, a copy cut short) still leaves a recent point to resume from.
+RESUME_TAGS = ("last", "previous", "best")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -33,11 +38,16 @@ class NonFiniteLossError(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda when available, else cpu; under torchrun each process takes its LOCAL_RANK GPU."""
+    """``auto`` → cuda when available, else cpu; under torchrun each process takes its LOCAL_RANK GPU. A device
+    that is not a device name, or CUDA where there is none, is a ConfigError."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name; expected auto, cpu, cuda or cuda:N") from None
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
     if name == "cuda" and "LOCAL_RANK" in os.environ:
         name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return torch.device(name)
@@ -86,6 +96,15 @@ def _all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, tensor)}
 
 
+def _batch_images(batch) -> str:
+    """' (images: a.jpg, b.jpg)' for a batch of (inputs, targets) whose targets name their ``image_path``."""
+    targets = batch[1] if isinstance(batch, (list, tuple)) and len(batch) == 2 else None
+    if not isinstance(targets, (list, tuple)):
+        return ""
+    paths = [str(target["image_path"]) for target in targets if isinstance(target, dict) and "image_path" in target]
+    return f" (images: {', '.join(paths)})" if paths else ""
+
+
 class Trainer:
     def __init__(self, model: torch.nn.Module, optimizer, scheduler, step_fn: Callable,
                  checkpoint_dir: str | Path, log_dir: str | Path, name: str, device: torch.device,
@@ -118,22 +137,30 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(Path(log_dir) / name))
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.checkpoint_dir.glob(f".{name}_*.pth.*.tmp"):  # atomic_save's, of a killed run
+                stale.unlink(missing_ok=True)
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def checkpoint_path(self, tag: str) -> Path:
         return self.checkpoint_dir / f"{self.name}_{tag}.pth"
 
     def auto_resume_path(self) -> Path | None:
-        """The newer of ``<name>_last.pth`` and ``<name>_best.pth`` that can be read, if any."""
+        """The newest readable one of ``<name>_{last,previous,best}.pth``, if any; an unreadable one is reported
+        and passed over."""
         newest, newest_epoch = None, -1
-        for tag in ("last", "best"):
+        for tag in RESUME_TAGS:
             path = self.checkpoint_path(tag)
             if not path.is_file():
                 continue
             try:
                 epoch = load_checkpoint(path)["epoch"]
             except CheckpointError as error:
-                tqdm.write(f"warning: {error}; trying the other checkpoint")
+                moved = ""
+                if is_main_process():  # out of the way, so that saving "last" cannot rotate it into "previous"
+                    aside = path.with_name(path.name + ".corrupt")
+                    os.replace(path, aside)
+                    moved = f" (moved to {aside.name})"
+                tqdm.write(f"warning: {error}{moved}; falling back to an older checkpoint")
                 continue
             if epoch > newest_epoch:
                 newest, newest_epoch = path, epoch
@@ -156,9 +183,21 @@ class Trainer:
 
     def _save(self, tag: str, epoch: int) -> None:
         if is_main_process():
+            if tag == "last":
+                self._keep_previous()
             save_checkpoint(self.checkpoint_path(tag), model=self.model, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler if self.use_amp else None, epoch=epoch,
                             best_metric=self.best_value, config=self.config, **self.extra)
+
+    def _keep_previous(self) -> None:
+        """Copy the current "last" to "previous" before it is replaced, so that both exist, whole, at every moment.
+        A copy, not a hard link: damage to one file must not reach the other."""
+        last, previous = self.checkpoint_path("last"), self.checkpoint_path("previous")
+        if not last.is_file():
+            return
+        staged = previous.with_name(f".{previous.name}.copy.tmp")
+        shutil.copyfile(last, staged)
+        os.replace(staged, previous)
 
     def _is_better(self, value: float) -> bool:
         if self.best_value is None:
@@ -176,18 +215,15 @@ class Trainer:
                 terms = self.step_fn(self.model, batch)
             loss = terms["loss"]
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch_index} "
-                    f"({', '.join(f'{k}={float(v.detach()):.4g}' for k, v in terms.items())}); stopped. The last good "
-                    f"checkpoint is {self.checkpoint_path('last')}; lower the learning rate or check that batch.")
+                values = ", ".join(f"{k}={float(v.detach() if torch.is_tensor(v) else v):.4g}"
+                                   for k, v in terms.items())
+                raise self._non_finite(f"loss is {loss.item()}", epoch, batch_index, batch, f" ({values})")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            if not torch.isfinite(grad_norm) and not self.use_amp:
-                raise NonFiniteLossError(f"gradient norm is {grad_norm.item()} at epoch {epoch + 1}, batch "
-                                         f"{batch_index}; stopped. The last good checkpoint is "
-                                         f"{self.checkpoint_path('last')}.")
+            if not torch.isfinite(grad_norm) and not self.use_amp:  # AMP's scaler skips such steps itself
+                raise self._non_finite(f"gradient norm is {grad_norm.item()}", epoch, batch_index, batch)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             count += 1
@@ -195,6 +231,15 @@ class Trainer:
                 sums[key] += float(value.detach()) if torch.is_tensor(value) else float(value)
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
         return _all_reduce_mean({k: v / max(count, 1) for k, v in sums.items()})
+
+    def _non_finite(self, what: str, epoch: int, batch_index: int, batch, detail: str = "") -> NonFiniteLossError:
+        """The error that stops training before a non-finite value reaches the weights; checkpoints stay as they
+        were."""
+        last = self.checkpoint_path("last")
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+        return NonFiniteLossError(f"{what} at epoch {epoch + 1}, batch {batch_index}{detail}{_batch_images(batch)}; "
+                                  f"stopped before updating the weights, {kept}. Lower the learning rate or check "
+                                  "that batch.")
 
     def fit(self, train_loader: DataLoader, val_loader: DataLoader | None = None) -> list[dict]:
         history = []

@@ -16,6 +16,10 @@ from common.detections import Detections
 
 def make_tiles(height: int, width: int, zooms: Sequence[int], overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
     """``(x1, y1, x2, y2)`` pixel tiles for every zoom level, whole photo first."""
+    if not zooms or any(zoom < 1 for zoom in zooms):
+        raise ValueError(f"tile_zooms must be whole numbers >= 1 (1 = the whole photo), got {list(zooms)}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"tile overlap must lie in [0, 1), got {overlap}")
     tiles = []
     for zoom in zooms:
         side = math.ceil(max(height, width) / zoom)

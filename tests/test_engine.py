@@ -45,7 +45,9 @@ def test_checkpoints_and_history(tmp_path):
     assert [r["epoch"] for r in history] == [1, 2]
     assert history[1]["train/loss"] < history[0]["train/loss"]
     names = sorted(p.name for p in (tmp_path / "ckpt").glob("*.pth"))
-    assert names == ["Toy_best.pth", "Toy_epoch1.pth", "Toy_epoch2.pth", "Toy_final.pth", "Toy_last.pth"]
+    assert names == ["Toy_best.pth", "Toy_epoch1.pth", "Toy_epoch2.pth", "Toy_final.pth", "Toy_last.pth",
+                     "Toy_previous.pth"]
+    assert load_checkpoint(tmp_path / "ckpt" / "Toy_previous.pth")["epoch"] == 1  # the last of the epoch before
     state = load_checkpoint(tmp_path / "ckpt" / "Toy_final.pth")
     assert state["config"] == {"toy": True} and state["epoch"] == 2 and "rng" in state
 

@@ -14,6 +14,7 @@ CLI: ``python -m detection.blazeface.mediapipe_import --tflite X.tflite --out Y.
 from __future__ import annotations
 
 import argparse
+import struct
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Union
 
@@ -157,13 +158,22 @@ def _to_torch_kernel(op: _ConvOp) -> np.ndarray:
     return op.weight.transpose(0, 3, 1, 2)  # (O, H, W, I) -> (O, I, H, W)
 
 
-@torch.no_grad()
 def load_mediapipe_weights(model: BlazeFace, tflite_path: Union[str, Path]) -> BlazeFace:
     """Copy the weights of a MediaPipe BlazeFace ``.tflite`` into ``model`` (in place; also returned).
 
-    Raises ``MediaPipeImportError`` naming the file when the graph does not match the model.
+    Raises ``MediaPipeImportError`` naming the file when the graph does not match the model or the file is
+    truncated or corrupt.
     """
-    graph = _TFLiteGraph(Path(tflite_path))
+    path = Path(tflite_path)
+    try:
+        return _load_mediapipe_weights(model, path)
+    except (struct.error, IndexError) as error:  # flatbuffer offsets pointing past the end of the file
+        raise MediaPipeImportError(f"{path}: not a readable .tflite file (truncated or corrupt: {error})") from None
+
+
+@torch.no_grad()
+def _load_mediapipe_weights(model: BlazeFace, tflite_path: Path) -> BlazeFace:
+    graph = _TFLiteGraph(tflite_path)
     expected_input = (1, model.input_size, model.input_size, 3)
     if graph.input_shape() != expected_input:
         raise graph.error(f"input shape {graph.input_shape()} does not match BlazeFace[{model.variant}] "

@@ -518,6 +518,14 @@ def read_annotations(
     required for WIDER, RetinaFace and COCO, and not accepted for dlib XML (paths relative to the XML).
     """
     path = Path(path)
+    try:
+        return _read_annotations(path, data_root, fmt)
+    except UnicodeDecodeError as error:
+        raise _annotation_error(path, None, f"not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}); "
+                                "save the file as UTF-8") from None
+
+
+def _read_annotations(path: Path, data_root: str | Path | None, fmt: str | None) -> list[FaceAnnotation]:
     fmt = detect_format(path) if fmt is None else fmt
     if fmt not in ANNOTATION_FORMATS:
         raise ValueError(f"{path}: unknown annotation format {fmt!r}; expected one of {', '.join(ANNOTATION_FORMATS)}")
@@ -540,6 +548,8 @@ def read_train_val(data: dict) -> tuple[list[FaceAnnotation], list[FaceAnnotatio
         raise ValueError("no training data: set data.train in the config or pass --train-data")
     fmt = None if data["format"] == "auto" else data["format"]
     train = read_annotations(data["train"], data_root=data["root"], fmt=fmt)
+    if not train:
+        raise _annotation_error(Path(data["train"]), None, "no annotated images: nothing to train on")
     if data["val"]:
         return train, read_annotations(data["val"], data_root=data["root"], fmt=fmt)
     return split_by_image(train, val_fraction=data["val_fraction"], seed=data["split_seed"])
