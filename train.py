@@ -3,6 +3,7 @@
 
     python train.py --stage detection --config configs/detection_blazeface.yaml
     python train.py --stage detection --config configs/detection_mtcnn.yaml --mtcnn-stage onet
+    python train.py --stage detection --detector yolo --pseudo-labels fusion --images photos/   # teacher → student
     torchrun --nproc_per_node 2 train.py --stage detection --config configs/detection_blazeface.yaml
     python train.py --stage embedding --config configs/embedding_mobilefacenet.yaml
     python train.py --stage matching --config configs/matching.yaml
@@ -33,7 +34,7 @@ def parse_args(argv):
 # Detection flags with no meaning for --stage embedding.
 EMBEDDING_IGNORED_FLAGS = ("detector", "variant", "mtcnn_stage", "csv_format", "train_data", "val_data", "pretrained",
                            "use_focal_loss", "focal_alpha", "focal_gamma", "detection_weight", "classification_weight",
-                           "hard_negative_ratio")
+                           "hard_negative_ratio", "pseudo_labels", "images")
 
 
 def train_embedding(args) -> int:
@@ -76,8 +77,10 @@ def main(argv=None) -> int:
         return 0
     if args.stage != "detection":
         raise ConfigError(f"stage {args.stage!r} is not implemented yet; available: detection, embedding, matching")
-    from detection.training import detection_config, run_detection_training
-    cfg = detection_config(args.detector, args.config, set_items=args.set, args=args)
+    from detection.training import default_config_path, detection_config, run_detection_training
+    # --detector without --config: that detector's configs/detection_<name>.yaml
+    config = args.config or (default_config_path(args.detector) if args.detector else None)
+    cfg = detection_config(args.detector, config, set_items=args.set, args=args)
     if cfg["stage"] != "detection":
         raise ConfigError(f"{args.config}: stage is {cfg['stage']!r} but --stage detection was given")
     run_detection_training(cfg)

@@ -15,6 +15,7 @@ MODEL_MODULES = (
     "detection.blazeface.detector", "detection.blazeface.model",
     "detection.mtcnn.detector", "detection.mtcnn.model",
     "detection.retinaface.detector", "detection.retinaface.model",
+    "detection.yolo.detector", "detection.yolo.model",
     "embedding.dlib_resnet", "embedding.facenet", "embedding.mobilefacenet",
 )
 

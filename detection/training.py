@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 from common.config import ConfigError, build_config, load_yaml
+from common.engine import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,6 +18,7 @@ DETECTORS = {
     "mtcnn": ("detection.mtcnn.training", "MTCNN_DEFAULTS", "run_mtcnn_training", "mtcnn_from_config"),
     "retinaface": ("detection.retinaface.training", "RETINAFACE_DEFAULTS", "run_retinaface_training",
                    "retinaface_from_config"),
+    "yolo": ("detection.yolo.training", "YOLO_DEFAULTS", "run_yolo_training", "yolo_from_config"),
     # several detectors merged; "training" fits each one's score calibration
     "fusion": ("common.pipeline", "PIPELINE_DEFAULTS", "fit_detection_stage", "detector_from_pipeline"),
 }
@@ -47,6 +49,7 @@ DETECTOR_FLAG_KEYS = {
     "detection_weight": ("blazeface", "loss.detection_weight"),
     "classification_weight": ("blazeface", "loss.classification_weight"),
     "hard_negative_ratio": ("blazeface", "loss.hard_negative_ratio"), "mtcnn_stage": ("mtcnn", "mtcnn.stage"),
+    "pseudo_labels": ("yolo", "data.pseudo_labels"), "images": ("yolo", "data.images"),
 }
 
 
@@ -56,6 +59,10 @@ def add_detection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--variant", choices=["front", "back"], help="BlazeFace variant (model.variant)")
     group.add_argument("--mtcnn-stage", choices=["pnet", "rnet", "onet", "all"],
                        help="MTCNN net(s) to train (mtcnn.stage): pnet, rnet, onet, or all three in order")
+    group.add_argument("--pseudo-labels", choices=["fusion"],
+                       help="YOLO: train on --images labelled by the fused pretrained detectors (data.pseudo_labels)")
+    group.add_argument("--images", nargs="+", metavar="DIR",
+                       help="YOLO: unlabelled photos (folders or files) for --pseudo-labels (data.images)")
     group.add_argument("--csv-format", action="store_true", help="annotations are the seed CSV (data.format=csv)")
     group.add_argument("--train-data", help="training annotations: CSV, WIDER txt, label.txt, COCO json, dlib xml")
     group.add_argument("--val-data", help="validation annotations; without it 20%% of the images (seed 42)")
@@ -108,4 +115,4 @@ def run_detection_training(cfg: dict):
 
 
 def detector_from_config(cfg: dict, device: str):
-    return _part(cfg["detector"], 3)(cfg, device)
+    return _part(cfg["detector"], 3)(cfg, str(resolve_device(device)))

@@ -1,0 +1,67 @@
+"""YOLO face loss over SimOTA-assigned locations.
+
+Terms, each normalised by the number of positive locations in the batch (landmarks: by the positives whose face
+has all five points):
+  * ``loss_box``: complete-IoU loss (``torchvision.ops.complete_box_iou_loss``) of decoded boxes;
+  * ``loss_obj``: BCE of every non-ignored location's face logit against an IoU-aware target (the IoU of its box
+    with its face for positives, as in YOLOX's class target; 0 for background);
+  * ``loss_landmarks``: smooth-L1 of the landmark offsets in strides.
+Locations assigned to an ``ignore`` face are neither positives nor background.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import complete_box_iou_loss
+
+from common.boxes import box_iou
+from detection.yolo.targets import SimOTAAssigner, anchor_points, decode_boxes, encode_landmarks
+
+
+class YoloLoss:
+    def __init__(self, assigner: SimOTAAssigner, box_weight: float = 5.0, obj_weight: float = 1.0,
+                 landmark_weight: float = 1.0):
+        self.assigner = assigner
+        self.box_weight, self.obj_weight, self.landmark_weight = box_weight, obj_weight, landmark_weight
+
+    def __call__(self, box_raw: torch.Tensor, logits: torch.Tensor, landmark_raw: torch.Tensor, targets: list[dict],
+                 input_height: int, input_width: int) -> dict:
+        """(B, A, 4), (B, A), (B, A, 10) raw outputs and per-image targets (``boxes`` (G, 4), ``landmarks``
+        (G, 5, 2) NaN where absent, ``ignore`` (G,)) → {"loss", "loss_box", "loss_obj", "loss_landmarks",
+        "num_positive", "mean_iou"}."""
+        device = box_raw.device
+        points, strides = (t.to(device) for t in anchor_points(input_height, input_width))
+        pred_boxes = decode_boxes(box_raw.float(), points, strides)  # (B, A, 4)
+        obj_targets = torch.zeros_like(logits, dtype=torch.float32)  # (B, A)
+        obj_weights = torch.ones_like(obj_targets)
+        box_pred, box_gt, point_pred, point_gt = [], [], [], []
+        for index, target in enumerate(targets):
+            gt_boxes = target["boxes"].to(device)
+            ignore = target["ignore"].to(device)
+            assigned, ious = self.assigner(pred_boxes[index].detach(), logits[index].detach(), points, strides,
+                                           gt_boxes)
+            hit = assigned >= 0
+            ignored = torch.zeros_like(hit)
+            ignored[hit] = ignore[assigned[hit]]
+            positive = hit & ~ignored
+            obj_weights[index, ignored] = 0.0
+            obj_targets[index, positive] = ious[positive]
+            faces = assigned[positive]
+            box_pred.append(pred_boxes[index, positive])
+            box_gt.append(gt_boxes[faces])
+            gt_points = target["landmarks"].to(device)[faces]  # (P, 5, 2)
+            with_points = ~torch.isnan(gt_points).flatten(1).any(1)
+            point_pred.append(landmark_raw[index, positive][with_points].float())
+            point_gt.append(encode_landmarks(gt_points[with_points], points[positive][with_points],
+                                             strides[positive][with_points]))
+        box_pred, box_gt = torch.cat(box_pred), torch.cat(box_gt)  # (P, 4)
+        num_positive = max(len(box_pred), 1)
+        point_pred, point_gt = torch.cat(point_pred), torch.cat(point_gt)  # (L, 10)
+        box_loss = complete_box_iou_loss(box_pred, box_gt, reduction="sum") / num_positive
+        obj_loss = (F.binary_cross_entropy_with_logits(logits.float(), obj_targets, reduction="none")
+                    * obj_weights).sum() / num_positive
+        landmark_loss = F.smooth_l1_loss(point_pred, point_gt, reduction="sum") / max(len(point_pred), 1)
+        total = self.box_weight * box_loss + self.obj_weight * obj_loss + self.landmark_weight * landmark_loss
+        mean_iou = box_iou(box_pred.detach(), box_gt).diagonal().mean() if len(box_pred) else torch.tensor(0.0)
+        return {"loss": total, "loss_box": box_loss, "loss_obj": obj_loss, "loss_landmarks": landmark_loss,
+                "num_positive": torch.tensor(float(len(box_pred))), "mean_iou": mean_iou}

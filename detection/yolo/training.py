@@ -1,0 +1,175 @@
+"""YOLO face training: config schema, data (annotations, or teacher pseudo-labels on unlabelled photos), mosaic
+samples, SimOTA loss and the shared trainer with AdamW and a warmed-up cosine schedule."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from common.config import ConfigError, save_config
+from common.engine import Trainer, init_distributed, is_main_process, make_loader, resolve_device
+from common.registry import build_detector, build_model
+from detection.data.dataset import (DEFAULT_AUGMENTATION, FaceDetectionDataset, collate_detection, detection_grid,
+                                    validation_metrics)
+from detection.data.readers import read_train_val, split_by_image
+from detection.yolo.detector import load_weights, preprocess
+from detection.yolo.loss import YoloLoss
+from detection.yolo.mosaic import MOSAIC_DEFAULTS, MosaicDataset
+from detection.yolo.postprocess import YoloPostprocessor
+from detection.yolo.pseudo_labels import (PSEUDO_DEFAULTS, PSEUDO_LABEL_SOURCES, annotations_from_labels,
+                                          collect_images, pseudo_label)
+from detection.yolo.targets import INPUT_MULTIPLE, SimOTAAssigner
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "yolo"
+
+YOLO_DEFAULTS = {
+    "stage": "detection",
+    "detector": "yolo",
+    # width/depth: channel and block-depth multipliers (0.25/0.33 ≈ YOLOX-nano); weights: a checkpoint to load for
+    # inference, or to start training from with pretrained: true
+    "model": {"width": 0.25, "depth": 0.33, "pretrained": False, "weights": "runs/yolo/checkpoints/yolo_best.pth"},
+    # pseudo_labels: null = train on the annotation files (train/val); "fusion" = label the photos of ``images``
+    # (folders or files) with the teacher of the ``pseudo`` section; max_images > 0 keeps a seeded subset
+    "data": {"format": "auto", "train": None, "val": None, "root": None, "val_fraction": 0.1, "split_seed": 42,
+             "augment": True, "augmentation": dict(DEFAULT_AUGMENTATION), "mosaic": dict(MOSAIC_DEFAULTS),
+             "pseudo_labels": None, "images": [], "max_images": 0},
+    "pseudo": dict(PSEUDO_DEFAULTS),
+    "loss": {"box_weight": 5.0, "obj_weight": 1.0, "landmark_weight": 1.0, "center_radius": 2.5,
+             "candidate_topk": 10, "iou_weight": 3.0},
+    "train": {"input_size": 416, "epochs": 30, "batch_size": 16, "lr": 2e-3, "weight_decay": 5e-4,
+              "warmup_epochs": 1, "min_lr_ratio": 0.05, "grad_clip": 10.0, "num_workers": 2, "device": "auto",
+              "seed": 0, "amp": True, "checkpoint_every": 10},
+    "eval": {"score_threshold": 0.02, "nms_iou": 0.45},
+    "inference": {"score_threshold": 0.5, "nms_iou": 0.45, "long_side": 640},
+    "output": {"checkpoint_dir": "runs/yolo/checkpoints", "log_dir": "runs/yolo/logs", "resume": None,
+               "auto_resume": True},
+}
+
+
+def resolve_path(path: str | None) -> str | None:
+    """A relative path is tried as given, then from the project root (the configs' convention)."""
+    if not path or Path(path).exists() or not (ROOT / path).exists():
+        return path
+    return str(ROOT / path)
+
+
+def yolo_from_config(cfg: dict, device: str):
+    """The photo detector a config describes (infer.py / evaluate.py)."""
+    model = cfg["model"]
+    return build_detector(NAME, weights=resolve_path(model["weights"]), width=model["width"], depth=model["depth"],
+                          device=device, **cfg["inference"])
+
+
+class YoloTask:
+    """The YOLO pieces the trainer calls: one training step, validation, and image grids."""
+
+    def __init__(self, cfg: dict, device: torch.device):
+        self.device = device
+        loss = cfg["loss"]
+        assigner = SimOTAAssigner(loss["center_radius"], loss["candidate_topk"], loss["iou_weight"])
+        self.loss = YoloLoss(assigner, loss["box_weight"], loss["obj_weight"], loss["landmark_weight"])
+        self.postprocess = YoloPostprocessor(cfg["eval"]["score_threshold"], cfg["eval"]["nms_iou"])
+
+    def _forward(self, model, images):
+        inputs = preprocess(images.to(self.device))  # (B, 3, S, S)
+        return model(inputs), inputs.shape[-2:]
+
+    def step(self, model, batch) -> dict:
+        images, targets = batch
+        outputs, (height, width) = self._forward(model, images)
+        return self.loss(*outputs, targets, height, width)
+
+    def evaluate(self, model, loader) -> dict:
+        def batches():
+            for images, targets in loader:
+                outputs, (height, width) = self._forward(model, images)
+                yield (self.loss(*outputs, targets, height, width), self.postprocess(*outputs, height, width),
+                       targets)
+        return validation_metrics(batches())
+
+    def visualize(self, model, batch, max_images: int = 8) -> torch.Tensor:
+        images, targets = batch
+        outputs, (height, width) = self._forward(model, images[:max_images])
+        return detection_grid(images[:max_images], targets, self.postprocess(*outputs, height, width))
+
+
+def warmup_cosine(epochs: int, warmup_epochs: int, min_lr_ratio: float):
+    """Per-epoch LR factor: linear warm-up over ``warmup_epochs``, then cosine from 1 to ``min_lr_ratio``."""
+    def factor(epoch: int) -> float:
+        if epoch < warmup_epochs:
+            return (epoch + 1) / (warmup_epochs + 1)
+        progress = (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def training_annotations(cfg: dict):
+    """(train, val) annotations: the files of ``data``, or the teacher's pseudo-labels cached in the run folder."""
+    data = cfg["data"]
+    if data["pseudo_labels"] is None:
+        return read_train_val(data)
+    if data["pseudo_labels"] not in PSEUDO_LABEL_SOURCES:
+        raise ConfigError(f"data.pseudo_labels must be null or one of {', '.join(PSEUDO_LABEL_SOURCES)}, "
+                          f"got {data['pseudo_labels']!r}")
+    pseudo = cfg["pseudo"]
+    paths = collect_images(data["images"], data["max_images"], data["split_seed"])
+    cache = Path(cfg["output"]["checkpoint_dir"]) / pseudo["cache"]
+    # under torchrun the first process labels; the others wait, then read its cache
+    labels = pseudo_label(paths, pseudo, cache) if is_main_process() else None
+    if dist.is_initialized():
+        dist.barrier()
+    if labels is None:
+        labels = pseudo_label(paths, pseudo, cache)
+    annotations = annotations_from_labels(labels, pseudo["keep_threshold"], pseudo["ignore_threshold"])
+    faces = sum(int((~a.ignore).sum()) for a in annotations)
+    print(f"pseudo-labels: {faces} faces (score >= {pseudo['keep_threshold']}) in {len(annotations)} photos")
+    if len(annotations) < 2:
+        return annotations, []
+    return split_by_image(annotations, data["val_fraction"], data["split_seed"])
+
+
+def build_yolo_model(cfg: dict) -> torch.nn.Module:
+    model_cfg = cfg["model"]
+    model = build_model("yolo_face", width=model_cfg["width"], depth=model_cfg["depth"])
+    if model_cfg["pretrained"]:
+        if not model_cfg["weights"]:
+            raise ValueError("model.pretrained needs model.weights (a YOLO checkpoint) or --weights")
+        load_weights(model, resolve_path(model_cfg["weights"]))
+    return model
+
+
+def run_yolo_training(cfg: dict) -> list[dict]:
+    tcfg, out = cfg["train"], cfg["output"]
+    if tcfg["input_size"] % INPUT_MULTIPLE:
+        raise ConfigError(f"train.input_size must be a multiple of {INPUT_MULTIPLE}, got {tcfg['input_size']}")
+    device = resolve_device(tcfg["device"])
+    init_distributed(device)
+    torch.manual_seed(tcfg["seed"])
+    model = build_yolo_model(cfg)
+    train, val = training_annotations(cfg)
+    augmentation = cfg["data"]["augmentation"] if cfg["data"]["augment"] else None
+    train_set = MosaicDataset(train, tcfg["input_size"], augmentation, cfg["data"]["mosaic"], seed=tcfg["seed"])
+    val_set = FaceDetectionDataset(val, tcfg["input_size"], None)
+    train_loader = make_loader(train_set, tcfg["batch_size"], True, tcfg["num_workers"], collate_detection,
+                               tcfg["seed"])
+    val_loader = make_loader(val_set, tcfg["batch_size"], False, tcfg["num_workers"], collate_detection,
+                             tcfg["seed"]) if len(val_set) else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(tcfg["epochs"], tcfg["warmup_epochs"], tcfg["min_lr_ratio"]))
+    task = YoloTask(cfg, device)
+    trainer = Trainer(model, optimizer, scheduler, task.step, out["checkpoint_dir"], out["log_dir"], NAME, device,
+                      tcfg["epochs"], copy.deepcopy(cfg), evaluate_fn=task.evaluate, visualize_fn=task.visualize,
+                      grad_clip=tcfg["grad_clip"], amp=tcfg["amp"], checkpoint_every=tcfg["checkpoint_every"],
+                      best_metric="ap50" if val_loader else "loss", best_mode="max" if val_loader else "min",
+                      seed=tcfg["seed"])
+    if is_main_process():
+        save_config(cfg, out["checkpoint_dir"])
+    resume = out["resume"] or (trainer.auto_resume_path() if out["auto_resume"] else None)
+    if resume:
+        trainer.resume(resume)
+    return trainer.fit(train_loader, val_loader)
