@@ -29,7 +29,7 @@ WIDER_DETECTOR_FLAGS = ("config", "tile_zooms")  # detection flags that also sha
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    parser.add_argument("--detector", choices=["blazeface", "mtcnn", "retinaface", "fusion"],
+    parser.add_argument("--detector", choices=["blazeface", "mtcnn", "retinaface", "yolo", "fusion"],
                         help="default: blazeface for detection, mtcnn for lfw/pairs")
     parser.add_argument("--config", help="detector config (default: configs/detection_<detector>.yaml)")
     parser.add_argument("--weights", help="weights to evaluate: the detector's (detection; default: model.weights "
@@ -60,6 +60,8 @@ def parse_args(argv):
     verification.add_argument("--metric", default="cosine", choices=["cosine", "l2"])
     verification.add_argument("--jitter", type=int, default=0,
                               help="embed N randomly jittered copies of each face and average (dlib; 0: none)")
+    verification.add_argument("--flip", action="store_true",
+                              help="test-time flip: embed each face and its mirror image, and average")
     verification.add_argument("--folds", type=int, nargs="+", metavar="K", help="test folds, 1-10 (default: all)")
     verification.add_argument("--cache-dir", help="embedding cache (default: ~/.cache/facepipe/embeddings)")
     verification.add_argument("--limit", type=int, metavar="N",

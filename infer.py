@@ -4,6 +4,7 @@
     python infer.py --detector blazeface --input photo.jpg --out dets.json --save-vis vis/
     python infer.py --detector blazeface --input clip.mp4 --out dets.json        # keys "clip.mp4#<frame>"
     python infer.py --detector blazeface --input 0 --max-frames 100 --out cam.json  # webcam index 0
+    python infer.py --detector retinaface --input photo.jpg --out dets.json --backend onnxruntime
 
 Output: {"<image path or video#frame>": [{"box": [x1, y1, x2, y2], "score": s, "landmarks": [[x, y], ...]}, ...]}
 """
@@ -25,7 +26,8 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detector", default="blazeface", choices=["blazeface", "mtcnn", "retinaface", "fusion"],
+    parser.add_argument("--detector", default="blazeface",
+                        choices=["blazeface", "mtcnn", "retinaface", "yolo", "fusion"],
                         help="fusion: the detectors of configs/pipeline.yaml, merged")
     parser.add_argument("--config", help="detector config (default: configs/detection_<detector>.yaml)")
     parser.add_argument("--weights", help="weights (default: model.weights of the config)")
@@ -34,6 +36,10 @@ def parse_args(argv):
     parser.add_argument("--save-vis", help="folder for images with the detections drawn")
     parser.add_argument("--score-threshold", type=float, help="default: inference.score_threshold of the config")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                        help="what runs the networks; pre- and post-processing are the same either way")
+    parser.add_argument("--onnx-dir", help="onnxruntime: folder of exported networks (python -m common.export); "
+                                           "a network missing there is exported into it (default: runs/onnx_cache)")
     parser.add_argument("--tile-zooms", type=int, nargs="+", metavar="Z",
                         help="also run on overlapping tiles of 1/Z of the photo, for small faces "
                              "(default: inference.tile_zooms of the config, 1 2 4; 1 alone is fastest)")
@@ -72,12 +78,26 @@ def frames(source: str, max_frames: int | None):
 
 
 def images(source: Path):
-    from common.io import list_images, read_image
-    paths = list_images(source) if source.is_dir() else [source]
+    """Yield (path, RGB image). A single file that cannot be read is an error; in a folder such files are skipped
+    with a warning, and it is an error only when none can be read."""
+    from common.io import ImageReadError, list_images, read_image
+    if not source.is_dir():
+        yield str(source), read_image(source)
+        return
+    paths = list_images(source)
     if not paths:
         raise ValueError(f"no images found in {source}")
+    skipped = 0
     for path in paths:
-        yield str(path), read_image(path)
+        try:
+            image = read_image(path)
+        except ImageReadError as error:
+            skipped += 1
+            tqdm.write(f"warning: skipped {error}", file=sys.stderr)
+            continue
+        yield str(path), image
+    if skipped == len(paths):
+        raise ValueError(f"none of the {len(paths)} images in {source} could be read (each is named above)")
 
 
 def main(argv=None) -> int:
@@ -88,6 +108,11 @@ def main(argv=None) -> int:
                            {"model.weights": args.weights, "inference.tile_zooms": args.tile_zooms,
                             "inference.score_threshold": args.score_threshold})
     detector = detector_from_config(cfg, args.device)
+    if args.backend == "onnxruntime":
+        from common.export import DEFAULT_CACHE, use_onnxruntime
+        use_onnxruntime(detector, args.onnx_dir or DEFAULT_CACHE, args.device)
+    elif args.onnx_dir:
+        raise ValueError("--onnx-dir applies to --backend onnxruntime only")
     source = Path(args.input)
     if args.input.isdigit() or source.suffix.lower() in VIDEO_EXTENSIONS:
         stream = frames(args.input, args.max_frames)

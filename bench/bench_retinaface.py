@@ -1,7 +1,9 @@
 """Seconds per photo of RetinaFace (configs/detection_retinaface.yaml, with its multi-scale / tiled options) and
-MTCNN (configs/detection_mtcnn.yaml) on the same photos, in one run.
+MTCNN (configs/detection_mtcnn.yaml) on the same photos, in one run; and RetinaFace's images per second at
+640x480 with its network run by PyTorch and by onnxruntime (``--backend onnxruntime``: same pre- and
+post-processing), whole detector and network alone.
 
-    python -m bench.bench_retinaface [--repeats 3] [--threads 1] [--out result.json]
+    python -m bench.bench_retinaface [--repeats 3] [--threads 1] [--out result.json] [--onnx-only] [--sets dlib]
 
 Photos: dlib ``testing.xml`` (5 photos of ~500 px) and the 18 CompreFace photos (0.2 to 36 megapixels), read
 once beforehand, so the figures are detection time alone. Each figure is the best of ``--repeats`` passes over
@@ -12,11 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import cv2
 import torch
 
 from bench.timing import best_seconds, report
+from common.export import use_onnxruntime
 from common.io import read_image
 from detection.evaluation import load_benchmark
+from detection.retinaface.detector import pad_to_multiple, preprocess
 from detection.training import default_config_path, detection_config, detector_from_config
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -29,6 +34,33 @@ VARIANTS = {
     "retinaface_scales_1_2": ("retinaface", {"inference.scales": [1.0, 2.0]}),
     "retinaface_tiles_1_2": ("retinaface", {"inference.tile_zooms": [1, 2]}),
 }
+BACKEND_PHOTO = SHARED / "data/faces_in_photos/compreface/016_8.jpg"
+BACKEND_SIZE = (640, 480)  # width, height
+BACKEND_CALLS = 10  # photos per timed call
+
+
+def torch_vs_onnxruntime(threads: int, repeats: int) -> dict:
+    """RetinaFace (the config's MobileNet-0.25) at 640x480: images/s of the whole detector and of the network
+    alone, its network run by PyTorch and by onnxruntime with the same threads."""
+    photo = cv2.resize(read_image(BACKEND_PHOTO), BACKEND_SIZE, interpolation=cv2.INTER_AREA)
+    cfg = detection_config("retinaface", default_config_path("retinaface"), {"inference.long_side": max(BACKEND_SIZE)})
+    detectors = {"torch": detector_from_config(cfg, "cpu"),
+                 "onnxruntime": use_onnxruntime(detector_from_config(cfg, "cpu"), threads=threads)}
+    inputs = pad_to_multiple(preprocess(torch.from_numpy(photo).permute(2, 0, 1)[None]))  # (1, 3, 480, 640)
+    runs = {}
+    for backend, detector in detectors.items():
+        runs[f"{backend}_detector"] = lambda d=detector: [d.detect([photo]) for _ in range(BACKEND_CALLS)]
+        runs[f"{backend}_network"] = lambda m=detector.model: [m(inputs) for _ in range(BACKEND_CALLS)]
+    with torch.inference_mode():
+        seconds = best_seconds(runs, repeats)
+    width, height = BACKEND_SIZE
+    results = {f"{width}x{height}/{name}_img_per_s": round(BACKEND_CALLS / value, 2) for name, value in seconds.items()}
+    for part in ("detector", "network"):
+        results[f"{width}x{height}/onnxruntime_vs_torch_{part}"] = round(
+            seconds[f"torch_{part}"] / seconds[f"onnxruntime_{part}"], 3)
+    for backend, detector in detectors.items():
+        results[f"{width}x{height}/{backend}_faces"] = len(detector.detect([photo])[0])
+    return results
 
 
 def main(argv=None) -> dict:
@@ -36,12 +68,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--onnx-only", action="store_true", help="only the PyTorch vs onnxruntime figures")
+    parser.add_argument("--sets", nargs="+", choices=sorted(PHOTO_SETS), default=list(PHOTO_SETS),
+                        help="photo sets to time (CompreFace's 33-megapixel portraits are the slow part)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    results = {"threads": args.threads, **torch_vs_onnxruntime(args.threads, args.repeats)}
+    if args.onnx_only:
+        return report(results, args.out)
     detectors = {name: detector_from_config(detection_config(kind, default_config_path(kind), overrides), "cpu")
                  for name, (kind, overrides) in VARIANTS.items()}
-    results = {"threads": args.threads}
-    for set_name, path in PHOTO_SETS.items():
+    for set_name in args.sets:
+        path = PHOTO_SETS[set_name]
         photos = [read_image(item["image_path"]) for item in load_benchmark(path)]
         runs = {name: (lambda d=detector: [d.detect([photo]) for photo in photos])
                 for name, detector in detectors.items()}

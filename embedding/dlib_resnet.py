@@ -364,6 +364,9 @@ class ResidualBlock(nn.Module):
 class DlibResNet(nn.Module):
     """(B, 3, 150, 150) input normalised as ``(rgb - input_mean) / 256`` → (B, 128) raw descriptors."""
 
+    input_size = INPUT_SIZE
+    output_names = ("descriptors",)
+
     def __init__(self):
         super().__init__()
         self.register_buffer("input_mean", torch.tensor(DLIB_INPUT_MEAN, dtype=torch.float32))

@@ -182,6 +182,9 @@ class InceptionResnetV1(nn.Module):
     """(B, 3, 160, 160) normalised images → (B, 512) embeddings, or (B, num_classes) logits if ``classify``.
     Any input side ≥ 75 px works (the pooling is adaptive); the published weights expect 160."""
 
+    input_size = INPUT_SIZE
+    output_names = ("embeddings",)
+
     def __init__(self, classify: bool = False, num_classes: int | None = None, dropout: float = DROPOUT):
         super().__init__()
         if classify and not num_classes:

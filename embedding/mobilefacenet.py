@@ -90,6 +90,9 @@ def _bottlenecks(runs: Sequence[Tuple[int, int, int, int]], cin: int) -> nn.Sequ
 class MobileFaceNet(nn.Module):
     """(B, 3, 112, 112) normalised chips → (B, embedding_dim) raw embeddings."""
 
+    input_size = INPUT_SIZE
+    output_names = ("embeddings",)
+
     def __init__(self, embedding_dim: int = 128):
         super().__init__()
         if embedding_dim not in EMBEDDING_DIMS:

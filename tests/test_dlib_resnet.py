@@ -1,10 +1,9 @@
 """dlib's face-recognition ResNet imported from its .dat: the reader against dlib's own serialisation, descriptor
 parity with dlib (dlib-bin, test-only) on dlib's own face chips, the MTCNN-landmark template against dlib's chip
-geometry, training, ONNX export, and errors for files that are not dlib networks."""
+geometry, training, and errors for files that are not dlib networks."""
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -171,24 +170,6 @@ def test_trainable():
     grads = {name: p.grad for name, p in model.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     assert grads["stem_conv.weight"].abs().sum() > 0 and grads["embedding.weight"].abs().sum() > 0
-
-
-def test_onnx_export_dynamic_batch(tmp_path):
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    torch.manual_seed(0)
-    model = DlibResNet().eval()
-    path = tmp_path / "dlib_resnet.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer notes that non-batch shapes are baked in, which they are
-        torch.onnx.export(model, (torch.randn(2, 3, INPUT_SIZE, INPUT_SIZE),), path, input_names=["chips"],
-                          output_names=["descriptors"], dynamo=False,
-                          dynamic_axes={"chips": {0: "batch"}, "descriptors": {0: "batch"}})
-    onnx.checker.check_model(onnx.load(path))
-    chips = torch.randn(3, 3, INPUT_SIZE, INPUT_SIZE)
-    exported = ort.InferenceSession(str(path)).run(None, {"chips": chips.numpy()})[0]
-    with torch.inference_mode():
-        np.testing.assert_allclose(exported, model(chips).numpy(), atol=1e-4)
 
 
 def test_not_a_dlib_file(tmp_path, descriptor_file):

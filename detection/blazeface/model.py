@@ -180,6 +180,8 @@ class BlazeFace(nn.Module):
     raw_scores (B, 896))``, both before any decoding / sigmoid.
     """
 
+    output_names = ("regressors", "scores")
+
     def __init__(self, variant: str = "front", num_keypoints: int = 6, freeze_batchnorm: bool = False):
         super().__init__()
         # Weights imported from MediaPipe carry BN folded into the convs (BN = identity). Batch statistics of

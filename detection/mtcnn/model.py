@@ -43,6 +43,9 @@ def _conv(cin: int, cout: int, kernel: int) -> Tuple[nn.Module, nn.Module]:
 class PNet(nn.Module):
     """Proposal net: 12x12 receptive field, stride 2."""
 
+    input_size = None  # any H, W >= 12 (fully convolutional)
+    output_names = ("box_offsets", "face_logits")
+
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
@@ -60,6 +63,9 @@ class PNet(nn.Module):
 
 class RNet(nn.Module):
     """Refinement net on 24x24 crops."""
+
+    input_size = RNET_SIZE
+    output_names = ("box_offsets", "face_logits")
 
     def __init__(self):
         super().__init__()
@@ -80,6 +86,9 @@ class RNet(nn.Module):
 
 class ONet(nn.Module):
     """Output net on 48x48 crops: box, 5 landmarks, face score."""
+
+    input_size = ONET_SIZE
+    output_names = ("box_offsets", "landmarks", "face_logits")
 
     def __init__(self):
         super().__init__()

@@ -134,6 +134,9 @@ class Head(nn.Module):
 
 
 class RetinaFace(nn.Module):
+    input_size = None  # any H, W (fully convolutional; the detector pads to a multiple of 32)
+    output_names = ("boxes", "logits", "landmarks")
+
     def __init__(self, backbone: str = "mobilenet0.25", leaky_slope: float = RETINAFACE_LEAKY_SLOPE,
                  fpn_channels: int | None = None):
         super().__init__()
