@@ -30,7 +30,8 @@ PIPELINE_DEFAULTS = {
     **copy.deepcopy(FUSION_DEFAULTS),
     "stage": "all",
     # the embedder faces are aligned for and embedded with (common.registry.build_embedder)
-    "embedding": {"embedder": "dlib_resnet", "weights": None,
+    # flip: also embed each face's mirror image and average (test-time flip)
+    "embedding": {"embedder": "dlib_resnet", "weights": None, "flip": False,
                   # train.py --stage all: the embedding stage's own config (null = skip training, use weights)
                   "train_config": None},
     # train.py --stage all: the matching stage's config (configs/matching.yaml); null = skip
@@ -91,7 +92,7 @@ def detector_from_pipeline(cfg: dict, device: str | None = None):
 def embedder_from_pipeline(cfg: dict, device: str | None = None):
     from matching.benchmark import build_embedder_for  # published weights, or a checkpoint of our training
     section = cfg["embedding"]
-    return build_embedder_for(section["embedder"], section["weights"], device or cfg["device"])
+    return build_embedder_for(section["embedder"], section["weights"], device or cfg["device"], section["flip"])
 
 
 def pipeline_from_config(cfg: dict, device: str | None = None, verbose: bool = False) -> Pipeline:

@@ -54,8 +54,11 @@ class Embedder:
     """``model`` maps (B, 3, S, S) float input to (B, D); chips are normalised as ``(rgb - mean) / std``."""
 
     def __init__(self, name: str, model: nn.Module, alignment: Alignment, mean: Sequence[float],
-                 std: Sequence[float], weights_hash: str, device: str | torch.device = "cpu", batch_size: int = 64):
+                 std: Sequence[float], weights_hash: str, device: str | torch.device = "cpu", batch_size: int = 64,
+                 flip: bool = False):
         self.name = name
+        # test-time flip: a chip's embedding is the mean of its own and its mirror image's (normalised) embeddings
+        self.flip = flip
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.alignment = alignment
@@ -66,7 +69,7 @@ class Embedder:
 
     @property
     def cache_key(self) -> str:
-        return f"{self.name}-{self.weights_hash[:16]}-{self.alignment.key}"
+        return f"{self.name}-{self.weights_hash[:16]}-{self.alignment.key}" + ("-flip" if self.flip else "")
 
     def preprocess(self, chips) -> torch.Tensor:
         """(N, S, S, 3) uint8 chips (numpy or tensor) → (N, 3, S, S) normalised float32."""
@@ -76,11 +79,19 @@ class Embedder:
     @torch.inference_mode()
     def embed_chips(self, chips) -> torch.Tensor:
         """(N, D) float32 L2-normalised embeddings on the CPU, for (N, S, S, 3) uint8 chips."""
-        outputs = [self.model(self.preprocess(chips[i:i + self.batch_size]).to(self.device)).float().cpu()
+        outputs = [self._embed_batch(self.preprocess(chips[i:i + self.batch_size]).to(self.device))
                    for i in range(0, len(chips), self.batch_size)]
         if not outputs:
             return torch.zeros(0, self.dim)
         return F.normalize(torch.cat(outputs), dim=1)
+
+    def _embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, D) float32 on the CPU for a (B, 3, S, S) normalised batch; with ``flip``, the sum of the unit
+        embeddings of the batch and of its mirror image (normalised by the caller)."""
+        embeddings = self.model(batch).float()
+        if self.flip:
+            embeddings = F.normalize(embeddings, dim=1) + F.normalize(self.model(batch.flip(3)).float(), dim=1)
+        return embeddings.cpu()
 
     def embed(self, image: np.ndarray, detections) -> torch.Tensor:
         """Embeddings of every detected face of one (H, W, 3) uint8 photo, aligned by its landmarks."""

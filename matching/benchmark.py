@@ -62,15 +62,19 @@ def check_unseen_identities(weights: str | Path | None, pairs, test_folds, reade
             f"overstate accuracy; choose --folds among the folds it has not seen: {clean or 'none'}")
 
 
-def build_embedder_for(name: str, weights: str | None, device: str):
+def build_embedder_for(name: str, weights: str | None, device: str, flip: bool = False):
     """The embedder ``name`` (registry) with ``weights``; a checkpoint of our embedding training is loaded with
-    ``embedding.training.embedder_from_checkpoint`` when it records its training identities."""
+    ``embedding.training.embedder_from_checkpoint`` when it records its training identities. ``flip``: test-time
+    flip (each face embedded with its mirror image)."""
     from common.registry import build_embedder
     reader = _identity_reader()
     if weights is not None and reader is not None and reader(weights):
         from embedding.training import embedder_from_checkpoint
-        return embedder_from_checkpoint(weights, device)
-    return build_embedder(name, weights=weights, device=device)
+        embedder = embedder_from_checkpoint(weights, device)
+    else:
+        embedder = build_embedder(name, weights=weights, device=device)
+    embedder.flip = flip
+    return embedder
 
 
 def load_pairs(args):
@@ -100,7 +104,7 @@ def run_verification_benchmark(args) -> dict:
     pairs = limit_pairs(pairs, args.limit)
 
     from common.registry import build_detector
-    embedder = build_embedder_for(args.embedder, args.weights, args.device)
+    embedder = build_embedder_for(args.embedder, args.weights, args.device, flip=args.flip)
     detector = build_detector(args.detector, device=args.device)
     paths = [pair.path_x for pair in pairs] + [pair.path_y for pair in pairs]
     embedded = embed_images(paths, embedder, detector, args.detector, jitter=args.jitter,
@@ -128,7 +132,7 @@ def run_verification_benchmark(args) -> dict:
     report = result_json(
         result, n_pairs=len(pairs), n_no_face=n_no_face, benchmark=args.benchmark, data=description,
         embedder=embedder.name, embedder_key=embedder.cache_key, weights=args.weights, detector=args.detector,
-        verifier=make_verifier().describe(), jitter=args.jitter, n_images=len(unique_no_face),
+        verifier=make_verifier().describe(), jitter=args.jitter, flip=args.flip, n_images=len(unique_no_face),
         test_folds=[fold + 1 for fold in test_folds], limit_per_fold=args.limit,
         protocol="10-fold: fit on the other folds, test on each; accuracy mean and sample std over the tested "
                  "folds; AUC and TAR@FAR=1e-3 on their pooled out-of-fold scores",

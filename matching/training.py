@@ -22,7 +22,7 @@ VERIFIER_KINDS = ("threshold", "classifier")
 MATCHING_DEFAULTS = {
     "stage": "matching",
     # name: a registered embedder; weights: null = its published weights; jitter: dlib-style jittered copies.
-    "embedder": {"name": "dlib_resnet", "weights": None, "device": "cpu", "jitter": 0},
+    "embedder": {"name": "dlib_resnet", "weights": None, "device": "cpu", "jitter": 0, "flip": False},
     "detector": "mtcnn",
     # pairs / test_pairs: an LFW pair list (.txt, images under lfw_root) or a CSV file_x,file_y,same (images
     # relative to `images`, default the CSV's folder). test_pairs: null = no held-out score.
@@ -89,7 +89,8 @@ def run_matching_training(cfg: dict) -> dict:
     data = cfg["data"]
     lfw_root, images = project_path(data["lfw_root"]), project_path(data["images"])
     train_pairs = load_pair_file(project_path(data["pairs"]), lfw_root, images)
-    embedder = build_embedder_for(cfg["embedder"]["name"], cfg["embedder"]["weights"], cfg["embedder"]["device"])
+    embedder = build_embedder_for(cfg["embedder"]["name"], cfg["embedder"]["weights"], cfg["embedder"]["device"],
+                                  cfg["embedder"]["flip"])
     detector = build_detector(cfg["detector"], device=cfg["embedder"]["device"])
     options = cfg["verifier"]
     verifier = build_verifier(options["kind"], metric=options["metric"], classifier=options["classifier"],

@@ -101,3 +101,16 @@ def test_a_foreign_file_is_named_in_the_error(tmp_path):
         build_embedder("mobilefacenet", weights=str(path))
     with pytest.raises(FileNotFoundError, match=r"absent\.pth"):
         build_embedder("mobilefacenet", weights=str(tmp_path / "absent.pth"))
+
+
+def test_test_time_flip_makes_a_face_and_its_mirror_image_one_embedding():
+    embedder = build_embedder("mobilefacenet")
+    chips = _chips(3)
+    mirrored = np.ascontiguousarray(chips[:, :, ::-1])
+    plain_key = embedder.cache_key
+    assert not torch.allclose(embedder.embed_chips(chips), embedder.embed_chips(mirrored), atol=1e-3)
+    embedder.flip = True
+    flipped = embedder.embed_chips(chips)
+    torch.testing.assert_close(flipped, embedder.embed_chips(mirrored), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flipped.norm(dim=1), torch.ones(3))
+    assert embedder.cache_key == plain_key + "-flip"  # cached apart from the plain embeddings
