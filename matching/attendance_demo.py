@@ -85,6 +85,28 @@ def _owner(detection_box, regions: list[list[float]]) -> int | None:
     return None
 
 
+def _class_errors(index: int, present: list[str], absent: list[str], who: list[str | None],
+                  marked: dict[str, int | None], marks, names: list[str], threshold: float) -> list[dict]:
+    """Each wrong outcome of one demo class, with the scores that explain it: a present student not marked (their
+    best face score), a student marked on someone else's face (an absent student, a stranger or a classmate)."""
+    column = {name: student for student, name in enumerate(names)}
+    errors = []
+    for name in present:
+        if marked.get(name) is None or who[marked[name]] != name:
+            best = float(marks.scores[:, column[name]].max()) if len(marks.scores) else None
+            errors.append({"class": index, "kind": "present student not marked", "student": name,
+                           "best_score": None if best is None else round(best, 4), "threshold": round(threshold, 4)})
+    for name, owner in marked.items():
+        if owner is not None and who[owner] == name:
+            continue
+        kind = ("absent student marked" if name in absent else "stranger marked as a student"
+                if owner is not None and who[owner] is None else "marked on another face")
+        face = next(face for face, student in marks.pairs if names[student] == name)
+        errors.append({"class": index, "kind": kind, "student": name, "face_of": None if owner is None else who[owner],
+                       "score": round(float(marks.scores[face, column[name]]), 4), "threshold": round(threshold, 4)})
+    return errors
+
+
 def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, verbose: bool = False) -> dict:
     from matching.attendance_service import AttendanceService
 
@@ -102,6 +124,7 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
     workdir = Path(tempfile.mkdtemp(prefix="attendance_demo_"))
     totals = {"marks": 0, "present": 0, "present_marked": 0, "absent": 0, "absent_marked": 0, "strangers": 0,
               "strangers_marked": 0, "seconds_mark": 0.0}
+    errors: list[dict] = []
     service = AttendanceService(cfg, db_path=workdir / "demo.sqlite", verbose=verbose)
     try:
         for index in tqdm(range(classes), desc="classes", unit="class"):
@@ -136,6 +159,7 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
             totals["strangers"] += len(strangers)
             totals["strangers_marked"] += sum(1 for owner in marked.values()
                                               if owner is not None and who[owner] is None)
+            errors.extend(_class_errors(index, present, absent, who, marked, marks, gallery.names, threshold))
             if index == 0:
                 from matching.attendance_report import annotate
                 cv2.imwrite(str(out / "class0_annotated.jpg"), annotate(canvas, marks, gallery.names))
@@ -148,7 +172,7 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
                "present_marked_rate": round(totals["present_marked"] / totals["present"], 4),
                "absent_marked_rate": round(totals["absent_marked"] / max(totals["absent"], 1), 4),
                "strangers_marked_rate": round(totals["strangers_marked"] / max(totals["strangers"], 1), 4),
-               "seconds_per_class_photo": round(totals["seconds_mark"] / classes, 2), **totals}
+               "seconds_per_class_photo": round(totals["seconds_mark"] / classes, 2), **totals, "errors": errors}
     (out / "demo.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
     print(f"{classes} classes of {demo['students']} enrolled, {demo['present']} present, {demo['strangers']} "
           f"strangers: precision {figures['precision']:.1%} (marks of the right student), recall "
