@@ -18,11 +18,9 @@ import io
 import json
 import shutil
 import sqlite3
-import struct
 import subprocess
 import sys
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,7 +31,7 @@ import torch
 from PIL import Image
 
 from common.cli import EXIT_USAGE, run_cli
-from tests.conftest import ROOT, shared_path
+from tests.conftest import ROOT, png_header_only, shared_path
 
 EXIF_ORIENTATION_TAG = 0x0112
 # EXIF orientation → the PIL transpose that turns an upright photo into the stored pixels (exif_transpose undoes it)
@@ -115,15 +113,6 @@ class Env:
         return json.loads((self.tmp / "dets.json").read_text(encoding="utf-8"))
 
 
-def _png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header states width x height and holds no pixels: what Pillow's bomb check reads."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
-    return path
-
-
 def _upright_face_found(env: Env, stdout: str, stderr: str) -> None:
     """One image in the output, whose best face has image-left eye left of the right eye and both above the
     nose: the photo was decoded upright."""
@@ -167,7 +156,7 @@ def _(env):
 @case("image_png_header_only", "infer", EXIT_USAGE, "error naming the file: no pixel data",
       "header.png: cannot decode image")
 def _(env):
-    return env.infer(_png_header_only(env.path("header.png"), 64, 64)), None
+    return env.infer(png_header_only(env.path("header.png"), 64, 64)), None
 
 
 @case("image_text_named_jpg", "infer", EXIT_USAGE, "error naming the file: not an image",
@@ -180,7 +169,7 @@ def _(env):
 @case("image_decompression_bomb_header", "infer", EXIT_USAGE, "error naming the file: refused as a bomb",
       "bomb.jpg: refused as a possible decompression bomb")
 def _(env):
-    return env.infer(_png_header_only(env.path("bomb.jpg"), BOMB_SIDE, BOMB_SIDE)), None
+    return env.infer(png_header_only(env.path("bomb.jpg"), BOMB_SIDE, BOMB_SIDE)), None
 
 
 @case("image_png_with_alpha", "infer", 0, "decoded (alpha dropped), face found")

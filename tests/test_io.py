@@ -1,31 +1,18 @@
 """common.io: read_image decodes by content to (H, W, 3) uint8 RGB and rejects bad files by name."""
 from __future__ import annotations
 
-import struct
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from common.io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from tests.conftest import png_header_only
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
 EXIF_ORIENTATION_TAG = 0x0112
 EXIF_ROTATE_90_CW = 6
-
-
-def _png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header states width x height, with no pixel data: enough for Pillow's size check."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
-    return path
 
 
 def _noise(height: int, width: int) -> np.ndarray:
@@ -156,7 +143,7 @@ def test_animated_gif_gives_first_frame(tmp_path):
 )
 def test_decompression_bomb_header_is_refused(tmp_path, side):
     assert Image.MAX_IMAGE_PIXELS < side * side
-    path = _png_header_only(tmp_path / "bomb.png", side, side)
+    path = png_header_only(tmp_path / "bomb.png", side, side)
     with pytest.raises(ImageReadError, match=r"bomb\.png: refused as a possible decompression bomb"):
         read_image(path)
 

@@ -111,18 +111,19 @@ def collate_detection(batch):
     return torch.stack(images), list(targets)
 
 
-def fit_detector(model, task, train_set, val_set, cfg: dict, name: str, device):
-    """The shared detector training run: loaders, AdamW with a cosine schedule, the shared ``Trainer`` (best
-    checkpoint by validation AP@0.5, else by loss), the effective config saved, auto-resume, and ``fit``.
-    ``task`` gives ``step``, ``evaluate`` and ``visualize``; ``cfg`` has the detection ``train``/``output`` keys."""
+def fit_detector(model, task, train_set, val_set, cfg: dict, name: str, device, make_scheduler=None):
+    """The shared detector training run: loaders, AdamW with a cosine schedule (or ``make_scheduler(optimizer)``),
+    the shared ``Trainer`` (best checkpoint by validation AP@0.5, else by loss), the effective config saved,
+    auto-resume, and ``fit``. ``task`` gives ``step``, ``evaluate`` and ``visualize``; ``cfg`` has the detection
+    ``train``/``output`` keys."""
     tcfg, out = cfg["train"], cfg["output"]
     train_loader = make_loader(train_set, tcfg["batch_size"], True, tcfg["num_workers"], collate_detection,
                                tcfg["seed"])
     val_loader = make_loader(val_set, tcfg["batch_size"], False, tcfg["num_workers"], collate_detection,
                              tcfg["seed"]) if len(val_set) else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(tcfg["epochs"], 1),
-                                                           eta_min=tcfg["lr"] * 0.01)
+    scheduler = make_scheduler(optimizer) if make_scheduler else torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(tcfg["epochs"], 1), eta_min=tcfg["lr"] * 0.01)
     trainer = Trainer(model, optimizer, scheduler, task.step, out["checkpoint_dir"], out["log_dir"], name,
                       device, tcfg["epochs"], copy.deepcopy(cfg), evaluate_fn=task.evaluate,
                       visualize_fn=task.visualize, grad_clip=tcfg["grad_clip"], amp=tcfg["amp"],

@@ -2,17 +2,16 @@
 samples, SimOTA loss and the shared trainer with AdamW and a warmed-up cosine schedule."""
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from common.config import ConfigError, save_config
-from common.engine import Trainer, init_distributed, is_main_process, make_loader, resolve_device
+from common.config import ConfigError
+from common.engine import init_distributed, is_main_process, resolve_device
 from common.registry import build_detector, build_model
-from detection.data.dataset import (DEFAULT_AUGMENTATION, FaceDetectionDataset, collate_detection, detection_grid,
+from detection.data.dataset import (DEFAULT_AUGMENTATION, FaceDetectionDataset, detection_grid, fit_detector,
                                     validation_metrics)
 from detection.data.readers import read_train_val, split_by_image
 from detection.yolo.detector import load_weights, preprocess
@@ -143,7 +142,7 @@ def build_yolo_model(cfg: dict) -> torch.nn.Module:
 
 
 def run_yolo_training(cfg: dict) -> list[dict]:
-    tcfg, out = cfg["train"], cfg["output"]
+    tcfg = cfg["train"]
     if tcfg["input_size"] % INPUT_MULTIPLE:
         raise ConfigError(f"train.input_size must be a multiple of {INPUT_MULTIPLE}, got {tcfg['input_size']}")
     device = resolve_device(tcfg["device"])
@@ -154,22 +153,6 @@ def run_yolo_training(cfg: dict) -> list[dict]:
     augmentation = cfg["data"]["augmentation"] if cfg["data"]["augment"] else None
     train_set = MosaicDataset(train, tcfg["input_size"], augmentation, cfg["data"]["mosaic"], seed=tcfg["seed"])
     val_set = FaceDetectionDataset(val, tcfg["input_size"], None)
-    train_loader = make_loader(train_set, tcfg["batch_size"], True, tcfg["num_workers"], collate_detection,
-                               tcfg["seed"])
-    val_loader = make_loader(val_set, tcfg["batch_size"], False, tcfg["num_workers"], collate_detection,
-                             tcfg["seed"]) if len(val_set) else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(tcfg["epochs"], tcfg["warmup_epochs"], tcfg["min_lr_ratio"]))
-    task = YoloTask(cfg, device)
-    trainer = Trainer(model, optimizer, scheduler, task.step, out["checkpoint_dir"], out["log_dir"], NAME, device,
-                      tcfg["epochs"], copy.deepcopy(cfg), evaluate_fn=task.evaluate, visualize_fn=task.visualize,
-                      grad_clip=tcfg["grad_clip"], amp=tcfg["amp"], checkpoint_every=tcfg["checkpoint_every"],
-                      best_metric="ap50" if val_loader else "loss", best_mode="max" if val_loader else "min",
-                      seed=tcfg["seed"])
-    if is_main_process():
-        save_config(cfg, out["checkpoint_dir"])
-    resume = out["resume"] or (trainer.auto_resume_path() if out["auto_resume"] else None)
-    if resume:
-        trainer.resume(resume)
-    return trainer.fit(train_loader, val_loader)
+    return fit_detector(model, YoloTask(cfg, device), train_set, val_set, cfg, NAME, device,
+                        make_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+                            optimizer, warmup_cosine(tcfg["epochs"], tcfg["warmup_epochs"], tcfg["min_lr_ratio"])))
