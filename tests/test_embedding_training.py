@@ -25,7 +25,7 @@ from embedding.losses import ArcFaceHead, TripletLoss, pairwise_distances, semi_
 from embedding.training import EMBEDDING_DEFAULTS, embedder_from_checkpoint, training_identities, verification_metrics
 from tests.conftest import ROOT, shared_path
 
-TINY_MODEL = "tiny_test_embedding_net"
+TINY_MODEL = "test_tiny_embedding_net"
 TINY_CHIP = 48
 
 

@@ -89,12 +89,15 @@ def marks_on_page(driver) -> dict[str, str]:
 
 
 def submit(driver, button) -> None:
-    """Click a form's button and wait for the next page: ``click`` can return while the request still runs."""
-    from selenium.webdriver.support.expected_conditions import staleness_of
+    """Click a form's button and wait for the next page: ``click`` can return while the request still runs. The
+    old page is marked with a script variable that the new document does not have; asking while the page changes
+    can fail (stale element, "node does not belong to the document"), so the wait asks again."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
+    driver.execute_script("window.beforeSubmit = true")
     button.click()
-    WebDriverWait(driver, PAGE_WAIT_S).until(staleness_of(button))
-    WebDriverWait(driver, PAGE_WAIT_S).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, PAGE_WAIT_S, ignored_exceptions=(WebDriverException,)).until(lambda d: d.execute_script(
+        "return window.beforeSubmit === undefined && document.readyState === 'complete'"))
 
 
 def heading(driver) -> str:
