@@ -28,6 +28,16 @@ def project_path(value: str | Path | None) -> Path | None:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
+def existing_path(value: str | None) -> str | None:
+    """A file path from a config or flag: as given when it exists (from the working directory), else from the
+    project root when it exists there (the configs' convention, so commands work from any folder), else as given,
+    for the caller's "not found" message. None and "" stay as they are."""
+    if not value or Path(value).expanduser().exists():
+        return value
+    from_root = project_path(value)
+    return str(from_root) if from_root.exists() else value
+
+
 def _check_type(key: str, default: Any, value: Any, source: str) -> Any:
     if default is None or value is None:
         return value

@@ -76,3 +76,14 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):
         atomic_save({"v": Unpicklable()}, path)
     assert torch.load(path)["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.pth"]
+
+
+def test_config_file_paths_work_from_any_folder(tmp_path, monkeypatch):
+    from common.config import PROJECT_ROOT, existing_path
+    monkeypatch.chdir(tmp_path)
+    assert existing_path("configs/pipeline.yaml") == str(PROJECT_ROOT / "configs" / "pipeline.yaml")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "pipeline.yaml").write_text("stage: all\n")
+    assert existing_path("configs/pipeline.yaml") == "configs/pipeline.yaml"  # the working directory's comes first
+    assert existing_path("nowhere/weights.pth") == "nowhere/weights.pth"  # left for the loader's "not found"
+    assert existing_path(None) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from common.config import existing_path
 from common.engine import init_distributed, resolve_device
 from common.registry import build_detector, build_model
 from detection.blazeface.detector import load_weights, normalize
@@ -36,7 +37,7 @@ BLAZEFACE_DEFAULTS = {
 
 def blazeface_from_config(cfg: dict, device: str):
     """The photo detector a config describes (infer.py / evaluate.py)."""
-    return build_detector("blazeface", weights=cfg["model"]["weights"], variant=cfg["model"]["variant"],
+    return build_detector("blazeface", weights=existing_path(cfg["model"]["weights"]), variant=cfg["model"]["variant"],
                           device=device, **cfg["inference"])
 
 
@@ -98,7 +99,7 @@ def run_blazeface_training(cfg: dict) -> list[dict]:
     freeze = cfg["model"]["freeze_batchnorm"]
     model = build_model(f"blazeface_{variant}", freeze_batchnorm=from_weights if freeze is None else bool(freeze))
     if from_weights:
-        load_weights(model, cfg["model"]["weights"])
+        load_weights(model, existing_path(cfg["model"]["weights"]))
     train_set, val_set = load_datasets(cfg, BlazeFaceAnchors(variant).input_size)
     task = BlazeFaceTask(cfg, device)
     return fit_detector(model, task, train_set, val_set, cfg, "BlazeFace", device)

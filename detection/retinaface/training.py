@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from common.config import existing_path, project_path
 from common.engine import init_distributed, resolve_device
 from common.registry import build_detector, build_model
 from detection.data.dataset import (DEFAULT_AUGMENTATION, FaceDetectionDataset, detection_grid, fit_detector,
@@ -15,7 +16,6 @@ from detection.retinaface.loss import RetinaFaceLoss, anchor_metrics
 from detection.retinaface.postprocess import RetinaFacePostprocessor
 from detection.retinaface.targets import RetinaFaceAnchors, RetinaFaceTargetBuilder, flavor_of
 
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WEIGHTS = "../shared/models/retinaface/mobilenet0.25_Final.pth"
 
 RETINAFACE_DEFAULTS = {
@@ -43,14 +43,13 @@ RETINAFACE_DEFAULTS = {
 
 
 def resolve_weights(weights: str | None) -> str | None:
-    """A relative weights path is tried as given, then from the project root (the config's convention)."""
-    if not weights or Path(weights).exists():
-        return weights
-    from_root = ROOT / weights
-    if from_root.exists():
-        return str(from_root)
-    raise FileNotFoundError(f"RetinaFace weights not found: {weights} (also looked in {from_root}). Put the public "
-                            "mobilenet0.25_Final.pth there, set model.weights / --weights, or train one.")
+    """``existing_path`` of the weights, which must exist."""
+    resolved = existing_path(weights)
+    if resolved and not Path(resolved).exists():
+        raise FileNotFoundError(f"RetinaFace weights not found: {weights} (also looked in {project_path(weights)}). "
+                                "Put the public mobilenet0.25_Final.pth there, set model.weights / --weights, or "
+                                "train one.")
+    return resolved
 
 
 def retinaface_from_config(cfg: dict, device: str):

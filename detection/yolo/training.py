@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common.config import ConfigError
+from common.config import ConfigError, existing_path
 from common.engine import init_distributed, is_main_process, resolve_device
 from common.registry import build_detector, build_model
 from detection.data.dataset import (DEFAULT_AUGMENTATION, FaceDetectionDataset, detection_grid, fit_detector,
@@ -22,7 +22,6 @@ from detection.yolo.pseudo_labels import (PSEUDO_DEFAULTS, PSEUDO_LABEL_SOURCES,
                                           collect_images, pseudo_label)
 from detection.yolo.targets import INPUT_MULTIPLE, SimOTAAssigner
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "yolo"
 
 YOLO_DEFAULTS = {
@@ -49,17 +48,10 @@ YOLO_DEFAULTS = {
 }
 
 
-def resolve_path(path: str | None) -> str | None:
-    """A relative path is tried as given, then from the project root (the configs' convention)."""
-    if not path or Path(path).exists() or not (ROOT / path).exists():
-        return path
-    return str(ROOT / path)
-
-
 def yolo_from_config(cfg: dict, device: str):
     """The photo detector a config describes (infer.py / evaluate.py)."""
     model = cfg["model"]
-    return build_detector(NAME, weights=resolve_path(model["weights"]), width=model["width"], depth=model["depth"],
+    return build_detector(NAME, weights=existing_path(model["weights"]), width=model["width"], depth=model["depth"],
                           device=device, **cfg["inference"])
 
 
@@ -137,7 +129,7 @@ def build_yolo_model(cfg: dict) -> torch.nn.Module:
     if model_cfg["pretrained"]:
         if not model_cfg["weights"]:
             raise ValueError("model.pretrained needs model.weights (a YOLO checkpoint) or --weights")
-        load_weights(model, resolve_path(model_cfg["weights"]))
+        load_weights(model, existing_path(model_cfg["weights"]))
     return model
 
 
