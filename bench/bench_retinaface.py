@@ -4,6 +4,10 @@ MTCNN (configs/detection_mtcnn.yaml) on the same photos, in one run; and RetinaF
 post-processing), whole detector and network alone.
 
     python -m bench.bench_retinaface [--repeats 3] [--threads 1] [--out result.json] [--onnx-only] [--sets dlib]
+                                     [--yolo-weights runs/yolo_student/checkpoints/yolo_best.pth]
+
+``--yolo-weights`` adds a trained YOLO face detector (configs/detection_yolo.yaml, the checkpoint's width and
+depth) to the photo timings.
 
 Photos: dlib ``testing.xml`` (5 photos of ~500 px) and the 18 CompreFace photos (0.2 to 36 megapixels), read
 once beforehand, so the figures are detection time alone. Each figure is the best of ``--repeats`` passes over
@@ -69,6 +73,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--onnx-only", action="store_true", help="only the PyTorch vs onnxruntime figures")
+    parser.add_argument("--yolo-weights", help="a YOLO checkpoint (train.py --detector yolo) to time as well")
     parser.add_argument("--sets", nargs="+", choices=sorted(PHOTO_SETS), default=list(PHOTO_SETS),
                         help="photo sets to time (CompreFace's 33-megapixel portraits are the slow part)")
     args = parser.parse_args(argv)
@@ -76,8 +81,11 @@ def main(argv=None) -> dict:
     results = {"threads": args.threads, **torch_vs_onnxruntime(args.threads, args.repeats)}
     if args.onnx_only:
         return report(results, args.out)
+    variants = dict(VARIANTS)
+    if args.yolo_weights:
+        variants["yolo"] = ("yolo", {"model.weights": args.yolo_weights})
     detectors = {name: detector_from_config(detection_config(kind, default_config_path(kind), overrides), "cpu")
-                 for name, (kind, overrides) in VARIANTS.items()}
+                 for name, (kind, overrides) in variants.items()}
     for set_name in args.sets:
         path = PHOTO_SETS[set_name]
         photos = [read_image(item["image_path"]) for item in load_benchmark(path)]
