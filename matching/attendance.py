@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.stats import norm
 
 from common.detections import Detections
 
@@ -124,17 +125,33 @@ def student_scores(face_embeddings: np.ndarray, gallery) -> np.ndarray:
     return scores
 
 
-def calibrate_unknown_threshold(vectors: np.ndarray, owners: np.ndarray, target_far: float, floor: float
-                                ) -> tuple[float, int]:
-    """(threshold, impostor pairs): the similarity that the ``1 - target_far`` quantile of impostor scores (photos
-    of different enrolled students, ``vectors`` (M, D) owned by ``owners`` (M,)) reaches, never under ``floor``."""
+TAILS = ("normal", "empirical")
+# cosines are Fisher-transformed (arctanh) before the normal fit; this keeps a cosine of exactly ±1 finite
+FISHER_CLIP = 1 - 1e-6
+
+
+def calibrate_unknown_threshold(vectors: np.ndarray, owners: np.ndarray, target_far: float, floor: float,
+                                tail: str = "empirical") -> tuple[float, int]:
+    """(threshold, impostor pairs): the similarity that impostor scores (photos of different enrolled students,
+    ``vectors`` (M, D) owned by ``owners`` (M,)) exceed with probability ``target_far``, never under ``floor``.
+
+    ``tail="empirical"``: their ``1 - target_far`` quantile. A class of 30 has ~1,700 impostor pairs, so at 1e-3
+    that is about the single largest pair, and one look-alike pair sets the whole class's threshold.
+    ``tail="normal"``: a normal fitted to the Fisher-transformed scores (arctanh), read at ``1 - target_far``: the
+    tail estimated from every pair, not from the most extreme one."""
+    if tail not in TAILS:
+        raise ValueError(f"matching.tail must be one of {', '.join(TAILS)}, got {tail!r}")
     if len(vectors) < 2:
         return floor, 0
     similarity = vectors @ vectors.T
     impostor = similarity[np.triu(owners[:, None] != owners[None, :], k=1)]
     if impostor.size == 0:
         return floor, 0
-    return max(floor, float(np.quantile(impostor, 1 - target_far))), int(impostor.size)
+    if tail == "empirical":
+        return max(floor, float(np.quantile(impostor, 1 - target_far))), int(impostor.size)
+    fisher = np.arctanh(np.clip(impostor, -FISHER_CLIP, FISHER_CLIP))
+    threshold = float(np.tanh(fisher.mean() + norm.ppf(1 - target_far) * fisher.std()))
+    return max(floor, threshold), int(impostor.size)
 
 
 def assign(scores: np.ndarray, threshold: float) -> list[tuple[int, int]]:

@@ -49,6 +49,28 @@ def test_unknown_threshold_is_the_impostor_quantile_with_a_floor():
     assert calibrate_unknown_threshold(vectors[:1], owners[:1], 0.0, floor=0.7) == (0.7, 0)
 
 
+def test_normal_tail_reads_the_fitted_fisher_normal_not_the_largest_pair():
+    rng = np.random.default_rng(0)
+    vectors = unit(rng.normal(size=(60, 16)))
+    owners = np.repeat(np.arange(30), 2)
+    similarity = vectors @ vectors.T
+    impostor = similarity[np.triu(owners[:, None] != owners[None, :], k=1)]
+    fisher = np.arctanh(impostor)
+    threshold, pairs = calibrate_unknown_threshold(vectors, owners, 0.001, floor=-1.0, tail="normal")
+    assert pairs == impostor.size == 1740
+    assert threshold == pytest.approx(np.tanh(fisher.mean() + 3.0902 * fisher.std()), abs=1e-4)
+    # one look-alike pair (cosine 0.95 between students 0 and 1) drags the empirical 1e-4 quantile up to 0.92;
+    # the fit over all 1,740 pairs moves by less than 0.01
+    before = calibrate_unknown_threshold(vectors, owners, 0.0001, floor=-1.0, tail="normal")[0]
+    vectors[1] = unit([vectors[2] + 0.3 * vectors[1]])[0]
+    assert vectors[1] @ vectors[2] == pytest.approx(0.9545, abs=1e-4)
+    assert calibrate_unknown_threshold(vectors, owners, 0.0001, floor=-1.0, tail="empirical")[0] > 0.92
+    after = calibrate_unknown_threshold(vectors, owners, 0.0001, floor=-1.0, tail="normal")[0]
+    assert 0 < after - before < 0.01 and after < 0.8
+    with pytest.raises(ValueError, match="matching.tail"):
+        calibrate_unknown_threshold(vectors, owners, 0.001, floor=0.5, tail="gumbel")
+
+
 def test_roster_warnings_flag_disagreeing_and_mislabeled_photos():
     embeddings = {"ann": unit([[1, 0, 0], [0.99, 0.1, 0]]), "bob": unit([[0, 1, 0], [1, 0.02, 0]])}
     photos = {"ann": ["a1.jpg", "a2.jpg"], "bob": ["b1.jpg", "b2.jpg"]}
