@@ -24,8 +24,10 @@ import torch
 from bench.timing import best_seconds, report
 from common.export import use_onnxruntime
 from common.io import read_image
+from common.tiling import pad_to_multiple
 from detection.evaluation import load_benchmark
-from detection.retinaface.detector import pad_to_multiple, preprocess
+from detection.retinaface.detector import preprocess
+from detection.retinaface.targets import INPUT_MULTIPLE
 from detection.training import default_config_path, detection_config, detector_from_config
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -50,7 +52,8 @@ def torch_vs_onnxruntime(threads: int, repeats: int) -> dict:
     cfg = detection_config("retinaface", default_config_path("retinaface"), {"inference.long_side": max(BACKEND_SIZE)})
     detectors = {"torch": detector_from_config(cfg, "cpu"),
                  "onnxruntime": use_onnxruntime(detector_from_config(cfg, "cpu"), threads=threads)}
-    inputs = pad_to_multiple(preprocess(torch.from_numpy(photo).permute(2, 0, 1)[None]))  # (1, 3, 480, 640)
+    batch = torch.from_numpy(photo).permute(2, 0, 1)[None]  # (1, 3, 480, 640)
+    inputs = pad_to_multiple(preprocess(batch), INPUT_MULTIPLE)
     runs = {}
     for backend, detector in detectors.items():
         runs[f"{backend}_detector"] = lambda d=detector: [d.detect([photo]) for _ in range(BACKEND_CALLS)]

@@ -47,6 +47,19 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def state_mismatch(expected: dict, state: dict) -> str:
+    """'' when ``state`` has exactly the keys and shapes of ``expected`` (a model's ``state_dict()``), else what
+    differs: counts of missing keys, unexpected keys and keys of another shape, with the first three of each."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [f"{key}: {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})"
+                   for key in sorted(set(state) & set(expected)) if state[key].shape != expected[key].shape]
+    if not (missing or unexpected or wrong_shape):
+        return ""
+    return (f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}, "
+            f"{len(wrong_shape)} of another shape {wrong_shape[:3]}")
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DistributedDataParallel/DataParallel wrappers."""
     return model.module if hasattr(model, "module") else model

@@ -1,4 +1,5 @@
-"""Zoomed, overlapping tiles so a fixed-input detector also sees small faces in large photos.
+"""Photo scaling for detectors: a photo resized by a factor, model input padded to a stride multiple, and zoomed,
+overlapping tiles so a fixed-input detector also sees small faces in large photos.
 
 At zoom ``z`` the photo is covered by square tiles of side ``max(H, W) / z`` overlapping by ``overlap``; zoom 1
 is the whole photo. A face cut by a tile's inner edge is dropped from that tile: with enough overlap it lies
@@ -9,9 +10,28 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import cv2
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from common.detections import Detections
+
+
+def resize_by(image: np.ndarray, scale: float) -> np.ndarray:
+    """(H, W, C) photo resized by ``scale`` (each side rounded, at least 1 px): area averaging to shrink, bilinear
+    to enlarge; the photo itself at scale 1."""
+    if scale == 1.0:
+        return image
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def pad_to_multiple(inputs: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(B, C, H, W) padded right/bottom with zeros to multiples of ``multiple`` (a network's coarsest stride)."""
+    height, width = inputs.shape[-2:]
+    return F.pad(inputs, (0, -width % multiple, 0, -height % multiple))
 
 
 def make_tiles(height: int, width: int, zooms: Sequence[int], overlap: float = 0.25) -> list[tuple[int, int, int, int]]:

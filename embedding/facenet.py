@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoint import CheckpointError, model_state_from_file
+from common.checkpoint import CheckpointError, model_state_from_file, state_mismatch
 from common.registry import register_embedder, register_model
 from embedding.embedder import Alignment, Embedder, file_sha256
 from embedding.model_utils import fold_batchnorm, state_sha256
@@ -273,16 +273,11 @@ def load_state(model: InceptionResnetV1, state: dict, source: str) -> InceptionR
     state = convert_facenet_state(state)
     if model.classifier is None:
         state = {key: value for key, value in state.items() if not key.startswith("classifier.")}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [f"{key}: {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})"
-                   for key in sorted(set(state) & set(expected)) if state[key].shape != expected[key].shape]
-    if missing or unexpected or wrong_shape:
+    mismatch = state_mismatch(model.state_dict(), state)
+    if mismatch:
         raise CheckpointError(
             f"{source} is not an InceptionResnetV1 (FaceNet) state_dict of facenet-pytorch or of this project: "
-            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}, "
-            f"{len(wrong_shape)} of another shape {wrong_shape[:3]}")
+            f"{mismatch}")
     model.load_state_dict(state)
     return model
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from common.boxes import nms
-from common.checkpoint import model_state_from_file
+from common.checkpoint import model_state_from_file, state_mismatch
 from common.detections import Detections
 from common.registry import build_model, register_detector
-from common.tiling import drop_cut_faces, make_tiles
+from common.tiling import drop_cut_faces, make_tiles, pad_to_multiple, resize_by
 from detection.retinaface.model import RetinaFace
 from detection.retinaface.postprocess import RetinaFacePostprocessor
 from detection.retinaface.targets import INPUT_MULTIPLE, RetinaFaceAnchors, flavor_of
@@ -30,12 +28,6 @@ def preprocess(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.flip(1).float() - means
 
 
-def pad_to_multiple(inputs: torch.Tensor, multiple: int = INPUT_MULTIPLE) -> torch.Tensor:
-    """Pad right/bottom with zeros (the mean colour after ``preprocess``) to a multiple of ``multiple``."""
-    height, width = inputs.shape[-2:]
-    return F.pad(inputs, (0, -width % multiple, 0, -height % multiple))
-
-
 def load_weights(model: RetinaFace, weights: str | Path) -> RetinaFace:
     """The public PyTorch RetinaFace ``.pth`` (``mobilenet0.25_Final.pth``, ``Resnet50_Final.pth``; with or
     without a ``module.`` prefix) or a checkpoint of ours."""
@@ -45,24 +37,11 @@ def load_weights(model: RetinaFace, weights: str | Path) -> RetinaFace:
                                 "Pytorch_Retinaface release) there, pass --weights, or train with train.py.")
     state = model_state_from_file(path)
     state = {key.removeprefix("module."): value for key, value in state.get("state_dict", state).items()}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    resized = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or resized:
-        raise ValueError(f"{path} does not fit RetinaFace ({model.backbone}): {len(missing)} keys missing "
-                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
-                         f"{len(resized)} of another shape (e.g. {resized[:3]}); is it the other backbone?")
+    mismatch = state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{path} does not fit RetinaFace ({model.backbone}): {mismatch}; is it the other backbone?")
     model.load_state_dict(state)
     return model
-
-
-def resize(image: np.ndarray, scale: float) -> np.ndarray:
-    if scale == 1.0:
-        return image
-    height, width = image.shape[:2]
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
 class RetinaFaceDetector:
@@ -86,9 +65,10 @@ class RetinaFaceDetector:
 
     def _run(self, image: np.ndarray, scale: float) -> Detections:
         """One crop at one scale → detections in crop pixels."""
-        resized = np.ascontiguousarray(resize(image, scale))
+        resized = np.ascontiguousarray(resize_by(image, scale))
         batch = torch.from_numpy(resized).permute(2, 0, 1)[None].to(self.device)  # (1, 3, h, w)
-        inputs = pad_to_multiple(preprocess(batch))
+        # zero padding is the mean colour after ``preprocess``
+        inputs = pad_to_multiple(preprocess(batch), INPUT_MULTIPLE)
         detections = self.postprocess(*self.model(inputs), *inputs.shape[-2:])[0]
         # the resized size was rounded: map back with the exact per-axis ratios
         return detections.scaled(image.shape[1] / resized.shape[1], image.shape[0] / resized.shape[0])

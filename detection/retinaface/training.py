@@ -7,14 +7,15 @@ import torch
 
 from common.config import existing_path, project_path
 from common.engine import init_distributed, resolve_device
+from common.tiling import pad_to_multiple
 from common.registry import build_detector, build_model
 from detection.data.dataset import (DEFAULT_AUGMENTATION, FaceDetectionDataset, detection_grid, fit_detector,
                                     validation_metrics)
 from detection.data.readers import read_train_val
-from detection.retinaface.detector import BACKBONES, load_weights, pad_to_multiple, preprocess
+from detection.retinaface.detector import BACKBONES, load_weights, preprocess
 from detection.retinaface.loss import RetinaFaceLoss, anchor_metrics
 from detection.retinaface.postprocess import RetinaFacePostprocessor
-from detection.retinaface.targets import RetinaFaceAnchors, RetinaFaceTargetBuilder, flavor_of
+from detection.retinaface.targets import INPUT_MULTIPLE, RetinaFaceAnchors, RetinaFaceTargetBuilder, flavor_of
 
 DEFAULT_WEIGHTS = "../shared/models/retinaface/mobilenet0.25_Final.pth"
 
@@ -76,7 +77,7 @@ class RetinaFaceTask:
     def _forward(self, model, batch):
         images, targets = batch
         encoded = {k: v.to(self.device) for k, v in self.targets(targets).items()}
-        outputs = model(pad_to_multiple(preprocess(images.to(self.device))))
+        outputs = model(pad_to_multiple(preprocess(images.to(self.device)), INPUT_MULTIPLE))
         return outputs, encoded
 
     def _terms(self, outputs, encoded) -> dict:
@@ -101,7 +102,7 @@ class RetinaFaceTask:
     def visualize(self, model, batch, max_images: int = 8) -> torch.Tensor:
         images, targets = batch
         images = images[:max_images]
-        outputs = model(pad_to_multiple(preprocess(images.to(self.device))))
+        outputs = model(pad_to_multiple(preprocess(images.to(self.device)), INPUT_MULTIPLE))
         return detection_grid(images, targets, self.detections(outputs))
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from common.checkpoint import model_state_from_file
+from common.checkpoint import model_state_from_file, state_mismatch
 from common.detections import Detections
 from common.registry import build_model, register_detector
+from common.tiling import pad_to_multiple, resize_by
 from detection.yolo.model import YoloFace
 from detection.yolo.postprocess import YoloPostprocessor
 from detection.yolo.targets import INPUT_MULTIPLE
@@ -24,12 +23,6 @@ def preprocess(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float() / PIXEL_SCALE
 
 
-def pad_to_multiple(inputs: torch.Tensor, multiple: int = INPUT_MULTIPLE) -> torch.Tensor:
-    """Pad right/bottom with zeros to a multiple of ``multiple`` (the training letterbox pads with black too)."""
-    height, width = inputs.shape[-2:]
-    return F.pad(inputs, (0, -width % multiple, 0, -height % multiple))
-
-
 def load_weights(model: YoloFace, weights: str | Path) -> YoloFace:
     """A checkpoint of ``train.py --detector yolo`` (or a bare state dict) of the same width/depth."""
     path = Path(weights)
@@ -37,12 +30,9 @@ def load_weights(model: YoloFace, weights: str | Path) -> YoloFace:
         raise FileNotFoundError(f"YOLO weights not found: {path}. Train them with python train.py --stage detection "
                                 "--detector yolo (see configs/detection_yolo.yaml) or pass --weights.")
     state = model_state_from_file(path)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    resized = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or resized or set(state) - set(expected):
-        raise ValueError(f"{path} does not fit YoloFace(width={model.width}, depth={model.depth}): {len(missing)} "
-                         f"keys missing (e.g. {missing[:3]}), {len(resized)} of another shape (e.g. {resized[:3]}); "
+    mismatch = state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{path} does not fit YoloFace(width={model.width}, depth={model.depth}): {mismatch}; "
                          "set model.width / model.depth to those it was trained with")
     model.load_state_dict(state)
     return model
@@ -64,12 +54,10 @@ class YoloDetector:
         results = []
         for image in images:
             height, width = image.shape[:2]
-            scale = self.long_side / max(height, width) if self.long_side else 1.0
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            resized = image if scale == 1.0 else cv2.resize(
-                image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            resized = resize_by(image, self.long_side / max(height, width) if self.long_side else 1.0)
             batch = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].to(self.device)
-            inputs = pad_to_multiple(preprocess(batch))  # (1, 3, h', w')
+            # black padding, as the training letterbox pads
+            inputs = pad_to_multiple(preprocess(batch), INPUT_MULTIPLE)  # (1, 3, h', w')
             found = self.postprocess(*self.model(inputs), *inputs.shape[-2:])[0]
             results.append(found.scaled(width / resized.shape[1], height / resized.shape[0]))
         return results
