@@ -35,6 +35,7 @@ ATTENDANCE_DEFAULTS = {
 }
 UNSAFE_NAME = re.compile(r"[\\/\x00]|^\.\.?$")
 RATES_CSV, RATES_PNG = "attendance_rates.csv", "attendance_rates.png"  # what ``report`` writes
+RATE_FIELDS = ["student", "sessions", "present", "rate"]
 
 
 def attendance_config(path=None, set_items=()) -> dict:
@@ -206,29 +207,44 @@ class AttendanceService:
         return MarkResult(summary, results, gallery.names, session_id)
 
     # ------------------------------------------------------------------ report
-    def report(self, class_name: str, date_from: str | None, date_to: str | None, out: Path) -> list[dict]:
+    def marks_between(self, class_name: str, date_from: str | None, date_to: str | None) -> list[dict]:
+        """The class's marks in the date range; none is an error naming the range."""
         marks = self.db.session_marks(class_name, date_from, date_to)
         if not marks:
             raise ValueError(f"class {class_name!r} has no sessions between {date_from or 'the start'} and "
                              f"{date_to or 'today'}")
-        sessions = sorted({(m["date"], m["session"]) for m in marks})
-        rows = []
-        for student in sorted({m["student"] for m in marks}):
-            own = [m for m in marks if m["student"] == student]
-            present = sum(m["present"] for m in own)
-            rows.append({"student": student, "sessions": len(own), "present": present,
-                         "rate": round(present / len(own), 4)})
+        return marks
+
+    def report(self, class_name: str, date_from: str | None, date_to: str | None, out: Path) -> list[dict]:
+        marks = self.marks_between(class_name, date_from, date_to)
+        rows = attendance_rates(marks)
         out.mkdir(parents=True, exist_ok=True)
         with (out / RATES_CSV).open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["student", "sessions", "present", "rate"])
+            writer = csv.DictWriter(handle, fieldnames=RATE_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-        plot_rates(rows, out / RATES_PNG, f"{class_name}: {len(sessions)} sessions, "
-                   f"{sessions[0][0]} to {sessions[-1][0]}")
+        plot_rates(rows, out / RATES_PNG, rates_title(class_name, marks))
         for row in rows:
             print(f"{row['student']:30s} {row['present']:3d}/{row['sessions']:<3d} {row['rate']:.0%}")
         print(f"→ {out / RATES_CSV}, {out / RATES_PNG}")
         return rows
+
+
+def attendance_rates(marks: list[dict]) -> list[dict]:
+    """Per student (by name): sessions, sessions present and the rate, from stored marks."""
+    rows = []
+    for student in sorted({m["student"] for m in marks}):
+        own = [m for m in marks if m["student"] == student]
+        present = sum(m["present"] for m in own)
+        rows.append({"student": student, "sessions": len(own), "present": present,
+                     "rate": round(present / len(own), 4)})
+    return rows
+
+
+def rates_title(class_name: str, marks: list[dict]) -> str:
+    """The chart's title: the class, how many sessions, first and last date."""
+    sessions = sorted({(m["date"], m["session"]) for m in marks})
+    return f"{class_name}: {len(sessions)} sessions, {sessions[0][0]} to {sessions[-1][0]}"
 
 
 def plot_rates(rows: list[dict], path: Path, title: str) -> None:

@@ -31,8 +31,9 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from common.io import IMAGE_EXTENSIONS, ImageReadError, read_image
-from matching.attendance_service import (RATES_PNG, AttendanceService, MarkResult, annotated_name, check_student_name,
-                                         default_database, iso_date)
+from matching.attendance_service import (RATE_FIELDS, RATES_PNG, AttendanceService, MarkResult, annotated_name,
+                                         attendance_rates, check_student_name, default_database, iso_date, plot_rates,
+                                         rates_title)
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).with_name("templates"))  # autoescapes .html templates
 MEGABYTE = 1 << 20
@@ -41,7 +42,6 @@ MAX_FILE_NAME_CHARS = 80  # of an uploaded photo's name as kept in the database 
 UNSAFE_FILE_CHARS = re.compile(r"[^\w.\- ]", re.ASCII)  # ASCII: 80 characters stay under 255 bytes
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet evaluates a cell starting so: quote it
 MARK_FIELDS = ["date", "session", "student", "present", "score", "corrected"]
-RATE_FIELDS = ["student", "sessions", "present", "rate"]
 REASON_MISSED, REASON_WRONG, REASON_ABSENT = "missed student", "wrong student", "not in the room"
 MANIFEST = "manifest.json"
 SECURITY_HEADERS = {  # even a value that escaped escaping could not run a script
@@ -356,12 +356,16 @@ def create_app(cfg: dict, db_path=None, pipelines: dict | None = None, verbose: 
     def history(request: Request, class_id: int, date_from: str = Query("", alias="from"),
                 date_to: str = Query("", alias="to")):
         start, end = dates(date_from, date_to)
-        with web.service() as service, tempfile.TemporaryDirectory() as out:
+        with web.service() as service:
             name = class_name(service, class_id)
             marks = service.db.session_marks(name, start, end)
-            rates = service.report(name, start, end, Path(out)) if marks else []
-            chart = base64.b64encode((Path(out) / RATES_PNG).read_bytes()).decode() if marks else None
             corrections = service.db.corrections(name)
+        rates = attendance_rates(marks)
+        chart = None
+        if marks:
+            with tempfile.TemporaryDirectory() as out:
+                plot_rates(rates, Path(out) / RATES_PNG, rates_title(name, marks))
+                chart = base64.b64encode((Path(out) / RATES_PNG).read_bytes()).decode()
         sessions = sorted({(mark["date"], mark["session"]) for mark in marks})
         corrections = [entry for entry in corrections if (entry["date"], entry["session"]) in sessions]
         grid = {rate["student"]: {} for rate in rates}
@@ -380,9 +384,9 @@ def create_app(cfg: dict, db_path=None, pipelines: dict | None = None, verbose: 
     @app.get("/classes/{class_id}/rates.csv")
     def rates_csv(class_id: int, date_from: str = Query("", alias="from"), date_to: str = Query("", alias="to")):
         start, end = dates(date_from, date_to)
-        with web.service() as service, tempfile.TemporaryDirectory() as out:
-            rates = service.report(class_name(service, class_id), start, end, Path(out))
-        return csv_response(rates, RATE_FIELDS, f"class{class_id}_rates.csv")
+        with web.service() as service:
+            marks = service.marks_between(class_name(service, class_id), start, end)
+        return csv_response(attendance_rates(marks), RATE_FIELDS, f"class{class_id}_rates.csv")
 
     return app
 
