@@ -1,6 +1,7 @@
 """Derive ``DLIB_TEMPLATE_150`` / ``DLIB_BOX_MARGIN`` (embedding/dlib_resnet.py): where MTCNN's 5 landmarks lie in
 the 150-px chip dlib cuts for its face-recognition network, so that aligning MTCNN's points to the template
-reproduces dlib's chip geometry.
+reproduces dlib's chip geometry; and ``SEED_RECT_150`` (embedding/dlib_landmarks.py): where dlib's HOG detector
+puts its face rectangle in that chip, from which dlib's landmarker is seeded.
 
     python -m bench.derive_dlib_template [--images 300] [--derive 200] [--seed 0] [--pairs-folds 0]
 
@@ -111,18 +112,26 @@ def measure(paths: list[Path], mtcnn, dlib_pipeline: DlibPipeline) -> list[dict]
             if ours is None or not found:
                 continue
             dlib_points = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+            rect = shape.rect
             records.append(dict(path=path, image=image, shape=shape, transform=chip_transform(shape),
-                                landmarks=ours[0], box=ours[1], dlib_points=dlib_points))
+                                landmarks=ours[0], box=ours[1], dlib_points=dlib_points,
+                                rect=np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], float)))
     return records
 
 
-def derive(records: list[dict]) -> tuple[np.ndarray, float]:
-    """(template (5, 2), box margin): MTCNN's landmarks and box side mapped into dlib's chips, averaged."""
+def derive(records: list[dict]) -> tuple[np.ndarray, float, np.ndarray]:
+    """(template (5, 2), box margin, seed rect (4,)): MTCNN's landmarks and box side mapped into dlib's chips,
+    averaged; then dlib's HOG rectangle (left, top, right, bottom) mapped into the chip of MTCNN's points aligned
+    to that template, averaged."""
     mapped = np.stack([apply(r["transform"], r["landmarks"]) for r in records])  # (N, 5, 2)
     scales = np.array([np.sqrt(abs(np.linalg.det(r["transform"][:, :2]))) for r in records])
     sides = np.array([(r["box"][2] - r["box"][0] + r["box"][3] - r["box"][1]) / 2 for r in records]) * scales
     print(f"template spread (std over photos, px): {np.round(mapped.std(0).mean(1), 2).tolist()}")
-    return mapped.mean(0), float(INPUT_SIZE - sides.mean())
+    template = mapped.mean(0)
+    rects = np.stack([apply(fit_similarity(r["landmarks"], template), r["rect"].reshape(2, 2)).ravel()
+                      for r in records])  # (N, 4)
+    print(f"seed rect spread (std over photos, px): {np.round(rects.std(0), 2).tolist()}")
+    return template, float(INPUT_SIZE - sides.mean()), rects.mean(0)
 
 
 def held_out_report(records: list[dict], template: np.ndarray, margin: float, dlib_pipeline: DlibPipeline) -> None:
@@ -201,9 +210,10 @@ def main() -> None:
     records = measure([all_paths[i] for i in chosen], mtcnn, dlib_pipeline)
     derive_count = round(len(records) * args.derive / args.images)
     print(f"{len(records)} of {args.images} photos with a face from both detectors; deriving on {derive_count}")
-    template, margin = derive(records[:derive_count])
+    template, margin, seed_rect = derive(records[:derive_count])
     print("DLIB_TEMPLATE_150 = np.array([" + ", ".join(f"[{x:.4f}, {y:.4f}]" for x, y in template) + "])")
     print(f"DLIB_BOX_MARGIN = {margin:.2f}")
+    print("SEED_RECT_150 = (" + ", ".join(f"{v:.2f}" for v in seed_rect) + ")  # embedding/dlib_landmarks.py")
     held_out_report(records[derive_count:], template, margin, dlib_pipeline)
     if args.pairs_folds:
         pairs_check(args.lfw, args.pairs_folds, template, margin, mtcnn, dlib_pipeline)

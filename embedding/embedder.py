@@ -28,10 +28,14 @@ class Alignment:
     template: tuple[tuple[float, float], ...]
     margin: float = 0.0
 
+    # bumped whenever chips are cut differently (2: faces over twice the chip's size are shrunk by a pyramid),
+    # so that embedding caches keyed by ``key`` do not serve chips of an older cut
+    CUT_VERSION = 2
+
     @property
     def key(self) -> str:
         points = ",".join(f"{x:.2f}:{y:.2f}" for x, y in self.template)
-        return f"{self.size}px-{hashlib.sha1(points.encode()).hexdigest()[:8]}-m{self.margin:g}"
+        return f"{self.size}px-{hashlib.sha1(points.encode()).hexdigest()[:8]}-m{self.margin:g}-c{self.CUT_VERSION}"
 
     def align(self, image: np.ndarray, landmarks) -> np.ndarray:
         """(N, size, size, 3) uint8 chips from (N, 5, 2) landmarks in photo px."""

@@ -27,6 +27,7 @@ from embedding.align import ARCFACE_TEMPLATE_112, scaled_template
 from embedding.data import (ALIGN_MODES, DEFAULT_AUGMENTATION, IdentityFolderDataset, PKSampler, cache_folder,
                             collate_chips, lfw_fold_identities, prepare_chips, scan_identity_folders,
                             split_identities)
+from embedding.dlib_landmarks import LANDMARKER_FILE, LandmarkerAlignment, landmarker_alignment
 from embedding.embedder import Alignment, Embedder, file_sha256
 from embedding.losses import MINING, ArcFaceHead, TripletLoss, arcface_terms
 
@@ -237,8 +238,24 @@ def plain_loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
 
 
 def alignment_record(alignment: Alignment) -> dict:
-    return {"size": alignment.size, "template": [list(p) for p in alignment.template], "margin": alignment.margin,
-            "key": alignment.key}
+    record = {"size": alignment.size, "template": [list(p) for p in alignment.template], "margin": alignment.margin,
+              "key": alignment.key}
+    if isinstance(alignment, LandmarkerAlignment):  # chips cut from dlib's landmarker: rebuilt from the same file
+        record["landmarker_sha256"] = alignment.landmarker.file_hash
+    return record
+
+
+def alignment_from_record(record: dict, path) -> Alignment:
+    """The chip alignment a checkpoint was trained with (``alignment_record``)."""
+    template = tuple(map(tuple, record["template"]))
+    if "landmarker_sha256" not in record:
+        return Alignment(record["size"], template, record["margin"])
+    alignment = landmarker_alignment(template, record["margin"], record["size"])
+    if alignment.landmarker.file_hash != record["landmarker_sha256"]:
+        raise CheckpointError(f"{path} was trained on chips from dlib's landmarker with SHA-256 "
+                              f"{record['landmarker_sha256'][:16]}…, not the installed {LANDMARKER_FILE} "
+                              f"({alignment.landmarker.file_hash[:16]}…)")
+    return alignment
 
 
 def run_embedding_training(cfg: dict) -> list[dict]:
@@ -317,8 +334,7 @@ def embedder_from_checkpoint(path, device: str | torch.device = "cpu", batch_siz
     model_cfg = state["config"]["model"]
     backbone = build_backbone(model_cfg)
     backbone.load_state_dict(_backbone_state(state["model"]))
-    record = state["alignment"]
-    alignment = Alignment(record["size"], tuple(map(tuple, record["template"])), record["margin"])
+    alignment = alignment_from_record(state["alignment"], path)
     return Embedder(f"{model_cfg['name']}-trained", backbone, alignment, state["normalization"]["mean"],
                     state["normalization"]["std"], weights_hash=file_sha256(path), device=device,
                     batch_size=batch_size)

@@ -14,8 +14,9 @@ from common.checkpoint import CheckpointError
 from common.io import read_image
 from common.registry import build_detector, build_embedder, build_model
 from embedding.align import fit_similarity
+from embedding.dlib_serial import DlibReader
 from embedding.dlib_resnet import (DLIB_INPUT_MEAN, DLIB_INPUT_SCALE, DLIB_TEMPLATE_150, INPUT_SIZE, DlibFormatError,
-                                   DlibResNet, _Reader, add_zero_padded, default_descriptor_file, load_dlib_resnet,
+                                   DlibResNet, add_zero_padded, default_descriptor_file, load_dlib_resnet,
                                    read_dlib_network)
 from tests.conftest import shared_path
 
@@ -74,7 +75,7 @@ def test_reader_decodes_dlibs_own_serialisation():
     # dlib pickles a column vector as its serialize() bytes: rows, columns (negative: the current format), values.
     values = [0.5, -300.25, 1e-30, 123456789.0, 0.0]
     state = dlib.vector(values).__getstate__()[0]
-    reader = _Reader(state, Path("vector"))
+    reader = DlibReader(state, Path("vector"), "a vector")
     assert (reader.integer(), reader.integer()) == (-len(values), -1)
     assert [reader.real() for _ in values] == values
     assert reader.offset == len(state)
