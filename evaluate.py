@@ -62,6 +62,9 @@ def parse_args(argv):
                               help="embed N randomly jittered copies of each face and average (dlib; 0: none)")
     verification.add_argument("--flip", action="store_true",
                               help="test-time flip: embed each face and its mirror image, and average")
+    verification.add_argument("--align", choices=["dlib_landmarks", "template"],
+                              help="dlib_resnet only: cut chips from dlib's own 5-point landmarker seeded by the "
+                                   "detector's points (default), or align the detector's points to a template")
     verification.add_argument("--folds", type=int, nargs="+", metavar="K", help="test folds, 1-10 (default: all)")
     verification.add_argument("--cache-dir", help="embedding cache (default: ~/.cache/facepipe/embeddings)")
     verification.add_argument("--limit", type=int, metavar="N",
@@ -80,6 +83,8 @@ def parse_args(argv):
     detection_only = [flag for flag in ("config", "data", "data_root", "format", "tile_zooms")
                       if getattr(args, flag) is not None
                       and not (args.benchmark == "wider" and flag in WIDER_DETECTOR_FLAGS)]
+    if args.align and args.embedder != "dlib_resnet":
+        parser.error(f"--align applies to --embedder dlib_resnet only (not {args.embedder})")
     if args.benchmark != "detection" and detection_only:
         parser.error(f"{', '.join('--' + flag.replace('_', '-') for flag in detection_only)} apply to "
                      "--benchmark detection only")

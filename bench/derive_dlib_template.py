@@ -32,7 +32,7 @@ from tqdm import tqdm
 from common.io import read_image
 from common.registry import build_detector
 from embedding.align import fit_similarity
-from embedding.dlib_resnet import INPUT_SIZE, default_descriptor_file, dlib_resnet_embedder
+from embedding.dlib_resnet import DLIB_TEMPLATE_150, INPUT_SIZE, default_descriptor_file, dlib_resnet_embedder
 from embedding.embedder import Alignment
 from matching.protocol import read_lfw_pairs, run_protocol
 from matching.verifier import ThresholdVerifier
@@ -121,14 +121,14 @@ def measure(paths: list[Path], mtcnn, dlib_pipeline: DlibPipeline) -> list[dict]
 
 def derive(records: list[dict]) -> tuple[np.ndarray, float, np.ndarray]:
     """(template (5, 2), box margin, seed rect (4,)): MTCNN's landmarks and box side mapped into dlib's chips,
-    averaged; then dlib's HOG rectangle (left, top, right, bottom) mapped into the chip of MTCNN's points aligned
-    to that template, averaged."""
+    averaged; and dlib's HOG rectangle (left, top, right, bottom) mapped into the chip of MTCNN's points aligned
+    to the template in use (``DLIB_TEMPLATE_150``, which the landmarker's seeding starts from), averaged."""
     mapped = np.stack([apply(r["transform"], r["landmarks"]) for r in records])  # (N, 5, 2)
     scales = np.array([np.sqrt(abs(np.linalg.det(r["transform"][:, :2]))) for r in records])
     sides = np.array([(r["box"][2] - r["box"][0] + r["box"][3] - r["box"][1]) / 2 for r in records]) * scales
     print(f"template spread (std over photos, px): {np.round(mapped.std(0).mean(1), 2).tolist()}")
     template = mapped.mean(0)
-    rects = np.stack([apply(fit_similarity(r["landmarks"], template), r["rect"].reshape(2, 2)).ravel()
+    rects = np.stack([apply(fit_similarity(r["landmarks"], DLIB_TEMPLATE_150), r["rect"].reshape(2, 2)).ravel()
                       for r in records])  # (N, 4)
     print(f"seed rect spread (std over photos, px): {np.round(rects.std(0), 2).tolist()}")
     return template, float(INPUT_SIZE - sides.mean()), rects.mean(0)

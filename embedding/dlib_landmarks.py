@@ -44,9 +44,10 @@ DLIB_CHIP_POINTS = np.array([[0.8595674595992, 0.2134981538014], [0.646060476410
                              [0.4901123135679, 0.6277975316475]])
 DLIB_CHIP_PADDING = 0.25  # dlib.get_face_chip's default, which compute_face_descriptor uses
 # Where dlib's HOG face detector puts its face rectangle (left, top, right, bottom) relative to MTCNN's 5 points,
-# in the chip of ``dlib_resnet.DLIB_TEMPLATE_150`` (MTCNN's points aligned to that template): the mean over 397 LFW
-# photos (bench/derive_dlib_template.py). The landmarker was trained on such rectangles, so it is seeded from one.
-SEED_RECT_150 = (4.21, 2.55, 134.58, 139.94)
+# in the chip of MTCNN's points aligned to DLIB_TEMPLATE_150: the mean over 399 LFW photos (std 7 px per side;
+# ``python -m bench.derive_dlib_template --images 600 --derive 400``). The landmarker was trained on such
+# rectangles, so it is seeded from one.
+SEED_RECT_150 = (3.82, 2.82, 134.87, 140.65)
 DEFAULT_CACHE_DIR = Path("~/.cache/facepipe/landmarkers")
 
 
@@ -272,7 +273,8 @@ class LandmarkerAlignment(Alignment):
 
     @property
     def key(self) -> str:
-        return f"{super().key}-dlib5-{self.landmarker.file_hash[:8]}-p{self.padding:g}"
+        seed = ":".join(f"{v:.2f}" for v in self.seed_rect)
+        return f"{super().key}-dlib5-{self.landmarker.file_hash[:8]}-s{seed}-p{self.padding:g}"
 
     def seed_rects(self, landmarks) -> np.ndarray:
         """(N, 4) face rectangles (left, top, right, bottom) for the landmarker, from (N, 5, 2) detector points:

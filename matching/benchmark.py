@@ -62,17 +62,17 @@ def check_unseen_identities(weights: str | Path | None, pairs, test_folds, reade
             f"overstate accuracy; choose --folds among the folds it has not seen: {clean or 'none'}")
 
 
-def build_embedder_for(name: str, weights: str | None, device: str, flip: bool = False):
+def build_embedder_for(name: str, weights: str | None, device: str, flip: bool = False, align: str | None = None):
     """The embedder ``name`` (registry) with ``weights``; a checkpoint of our embedding training is loaded with
     ``embedding.training.embedder_from_checkpoint`` when it records its training identities. ``flip``: test-time
-    flip (each face embedded with its mirror image)."""
+    flip (each face embedded with its mirror image); ``align``: dlib_resnet's chip alignment (its default if None)."""
     from common.registry import build_embedder
     reader = _identity_reader()
     if weights is not None and reader is not None and reader(weights):
         from embedding.training import embedder_from_checkpoint
         embedder = embedder_from_checkpoint(weights, device)
     else:
-        embedder = build_embedder(name, weights=weights, device=device)
+        embedder = build_embedder(name, weights=weights, device=device, **({"align": align} if align else {}))
     embedder.flip = flip
     return embedder
 
@@ -104,7 +104,7 @@ def run_verification_benchmark(args) -> dict:
     pairs = limit_pairs(pairs, args.limit)
 
     from common.registry import build_detector
-    embedder = build_embedder_for(args.embedder, args.weights, args.device, flip=args.flip)
+    embedder = build_embedder_for(args.embedder, args.weights, args.device, flip=args.flip, align=args.align)
     detector = build_detector(args.detector, device=args.device)
     paths = [pair.path_x for pair in pairs] + [pair.path_y for pair in pairs]
     embedded = embed_images(paths, embedder, detector, args.detector, jitter=args.jitter,

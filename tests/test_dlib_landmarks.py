@@ -2,6 +2,8 @@
 photos, the parse cache, bad files, anti-aliased chips, and the dlib_resnet embedder built on them."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -126,9 +128,11 @@ def test_embedder_matches_dlibs_pipeline(reference):
     cosine = (ours * theirs).sum(1) / np.linalg.norm(theirs, axis=1)
     print(f"cosine ours vs dlib's pipeline: min {cosine.min():.5f}")
     assert cosine.min() >= 0.9999  # the same chips: dlib's points, rounded as dlib stores them
-    # the landmarker alignment is part of the cache key
+    # the landmarker alignment, and where it is seeded, are part of the cache key
     template = build_embedder("dlib_resnet", align="template")
     assert template.alignment == DLIB_ALIGNMENT and template.cache_key != embedder.cache_key
+    moved = dataclasses.replace(embedder.alignment, seed_rect=(4.0, 3.0, 135.0, 140.0))
+    assert moved.key != embedder.alignment.key and moved.landmarker is embedder.alignment.landmarker
 
 
 def test_not_a_shape_predictor(tmp_path, landmarker_file):

@@ -206,6 +206,13 @@ def test_evaluate_detection_still_needs_data():
         evaluate.parse_args(["--benchmark", "lfw", "--data", "x.xml"])
 
 
+def test_align_flag_is_dlib_resnets(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--benchmark", "lfw", "--embedder", "facenet", "--align", "template"])
+    assert "--align applies to --embedder dlib_resnet only" in capsys.readouterr().err
+    assert evaluate.parse_args(["--benchmark", "lfw", "--align", "template"]).align == "template"
+
+
 @pytest.mark.slow
 def test_dlib_embedder_on_lfw_with_limit(tmp_path):
     root = shared_path("data", "lfw")
@@ -220,6 +227,12 @@ def test_dlib_embedder_on_lfw_with_limit(tmp_path):
     report = json.loads((tmp_path / "dlib.json").read_text())
     assert report["n_pairs"] == 100
     assert report["accuracy_mean"] >= 0.95  # dlib's model is ~99 % on the full protocol
+    assert "-dlib5-" in report["embedder_key"]  # chips from dlib's landmarker by default
+    assert evaluate.main(["--benchmark", "lfw", "--embedder", "dlib_resnet", "--lfw-root", str(root), "--limit",
+                          "10", "--align", "template", "--cache-dir", str(tmp_path),
+                          "--out", str(tmp_path / "template.json")]) == 0
+    template = json.loads((tmp_path / "template.json").read_text())
+    assert "-dlib5-" not in template["embedder_key"] and template["accuracy_mean"] >= 0.95
 
 
 def test_train_matching_stage_fits_and_saves_a_classifier(tmp_path):
