@@ -40,3 +40,11 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
     return path
+
+
+def broken_copies(folder: Path, real_file: Path, keep_bytes: int) -> tuple[Path, Path]:
+    """(a text file, the first ``keep_bytes`` of ``real_file``) in ``folder``: what an importer must refuse."""
+    text, truncated = folder / "notes.dat", folder / "truncated.dat"
+    text.write_text("this is not a model\n")
+    truncated.write_bytes(real_file.read_bytes()[:keep_bytes])
+    return text, truncated

@@ -14,7 +14,7 @@ from embedding.dlib_landmarks import (LandmarkerAlignment, default_landmarker_fi
                                       load_shape_predictor, read_shape_predictor)
 from embedding.dlib_resnet import DLIB_ALIGNMENT, INPUT_SIZE
 from embedding.dlib_serial import DlibFormatError
-from tests.conftest import shared_path
+from tests.conftest import broken_copies, shared_path
 
 dlib = pytest.importorskip("dlib", reason="dlib (pip install dlib-bin) is the parity reference")
 
@@ -136,12 +136,9 @@ def test_embedder_matches_dlibs_pipeline(reference):
 
 
 def test_not_a_shape_predictor(tmp_path, landmarker_file):
-    text = tmp_path / "notes.dat"
-    text.write_text("this is not a landmarker\n")
+    text, truncated = broken_copies(tmp_path, landmarker_file, 200_000)
     with pytest.raises(DlibFormatError, match=r"notes\.dat: invalid integer control byte .*shape predictor"):
         read_shape_predictor(text)
-    truncated = tmp_path / "truncated.dat"
-    truncated.write_bytes(landmarker_file.read_bytes()[:200_000])
     with pytest.raises(DlibFormatError, match=r"truncated\.dat: .*(ends early|more values wanted)"):
         read_shape_predictor(truncated)
     network = landmarker_file.parent / "dlib_face_recognition_resnet_model_v1.dat"  # dlib, but a network

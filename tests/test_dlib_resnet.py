@@ -18,7 +18,7 @@ from embedding.dlib_serial import DlibReader
 from embedding.dlib_resnet import (DLIB_INPUT_MEAN, DLIB_INPUT_SCALE, DLIB_TEMPLATE_150, INPUT_SIZE, DlibFormatError,
                                    DlibResNet, add_zero_padded, default_descriptor_file, load_dlib_resnet,
                                    read_dlib_network)
-from tests.conftest import shared_path
+from tests.conftest import broken_copies, shared_path
 
 dlib = pytest.importorskip("dlib", reason="dlib (pip install dlib-bin) is the parity reference")
 
@@ -174,12 +174,9 @@ def test_trainable():
 
 
 def test_not_a_dlib_file(tmp_path, descriptor_file):
-    text = tmp_path / "notes.dat"
-    text.write_text("this is not a network\n")
+    text, truncated = broken_copies(tmp_path, descriptor_file, 100_000)
     with pytest.raises(DlibFormatError, match=r"notes\.dat: .*expected a dlib network"):
         load_dlib_resnet(text)
-    truncated = tmp_path / "truncated.dat"
-    truncated.write_bytes(descriptor_file.read_bytes()[:100_000])
     with pytest.raises(DlibFormatError, match=r"truncated\.dat: file ends early"):
         load_dlib_resnet(truncated)
     detector = descriptor_file.parent / "mmod_human_face_detector.dat"  # a dlib network, but a detector
