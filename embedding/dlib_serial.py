@@ -94,11 +94,6 @@ class DlibReader:
         self.version((1,), "alias_tensor")
         return tuple(self.integer() for _ in range(4))
 
-    def matrix(self) -> np.ndarray:
-        """A dlib matrix (rows, columns) of float32."""
-        rows, columns = abs(self.integer()), abs(self.integer())
-        return np.array([self.real() for _ in range(rows * columns)], dtype=np.float32).reshape(rows, columns)
-
 
 def read_dat(path: str | Path) -> bytes:
     """The bytes of a dlib ``.dat`` (or ``.dat.bz2``) file."""
