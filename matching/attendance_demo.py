@@ -1,12 +1,17 @@
 """``attendance.py demo``: classes built from LFW and scored.
 
-Per class: pick ``students`` people with at least ``enroll_photos + 1`` photos, enrol each from their first
-``enroll_photos`` photos, then compose one class photo on a ``canvas`` from *another* photo of ``present`` of them
-plus one photo each of ``strangers`` people who are not enrolled, at varied scales and positions. Mark it and count:
-present students marked (recall), absent students marked present, strangers taken for a student.
+Per class: enrol ``students`` people with at least ``enroll_photos + 1`` photos, each from ``enroll_photos`` of their
+photos, then compose one class photo on a ``canvas`` from *another* photo of ``present`` of them plus one photo each
+of ``strangers`` people who are not enrolled, at varied scales and positions. Mark it and count: present students
+marked (recall), absent students marked present, strangers taken for a student.
+
+Enrolment is what a school does: a photo the quality checks reject (LFW photos often show a second person) is
+retaken, i.e. replaced by the person's next photo, and a person left with no usable photo is replaced by another, so
+every class has ``students`` enrolled.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import tempfile
@@ -76,6 +81,40 @@ def compose_class_photo(photos: list[Path], canvas_size: tuple[int, int], rng: n
     return canvas, boxes
 
 
+def enroll_class(service, class_name: str, candidates, people: dict[str, list[Path]], demo: dict, roster: Path,
+                 rng: np.random.Generator) -> tuple[dict[str, Path], set[str]]:
+    """Enrol ``demo["students"]`` people taken in turn from ``candidates`` (names), each from ``enroll_photos``
+    photos that pass the quality checks; a rejected photo is retaken with the person's next photo, a person with no
+    usable photo left is replaced by the next candidate. Each person's class photo is drawn first (one of their photos
+    after the first ``enroll_photos``) and never enrolled. (class photo of each enrolled student, everyone tried)"""
+    wanted = demo["enroll_photos"]
+    class_photo: dict[str, Path] = {}
+    shown: dict[str, int] = {}     # how many of the person's other photos the roster has shown so far
+    accepted: dict[str, int] = {}  # how many of them passed
+    for attempt in itertools.count():
+        members = [name for name in class_photo if accepted[name] or shown[name] < len(people[name]) - 1]
+        while len(members) < demo["students"]:
+            name = next(candidates, None)
+            if name is None:
+                raise ValueError(f"not enough people with usable photos for a class of {demo['students']}")
+            class_photo[name] = people[name][int(rng.integers(wanted, len(people[name])))]
+            shown[name] = accepted[name] = 0
+            members.append(name)
+        pending = [name for name in members if accepted[name] < wanted and shown[name] < len(people[name]) - 1]
+        if not pending:
+            return {name: class_photo[name] for name in members}, set(class_photo)
+        folder = roster / str(attempt)
+        for name in pending:
+            others = [photo for photo in people[name] if photo != class_photo[name]]
+            shown[name] = min(len(others), shown[name] + wanted - accepted[name])
+            (folder / name).mkdir(parents=True)
+            for photo in others[:shown[name]]:
+                (folder / name / photo.name).symlink_to(photo)
+        result = service.enroll(class_name, folder)
+        for name in pending:
+            accepted[name] = result.enrolled.get(name, 0)
+
+
 def _owner(detection_box, regions: list[list[float]]) -> int | None:
     """Index of the pasted photo holding the detection's centre."""
     cx, cy = (detection_box[0] + detection_box[2]) / 2, (detection_box[1] + detection_box[3]) / 2
@@ -128,19 +167,14 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
     service = AttendanceService(cfg, db_path=workdir / "demo.sqlite", verbose=verbose)
     try:
         for index in tqdm(range(classes), desc="classes", unit="class"):
-            students = [str(s) for s in rng.choice(eligible, demo["students"], replace=False)]
-            others = [name for name in people if name not in students]
-            strangers = [str(s) for s in rng.choice(others, demo["strangers"], replace=False)]
-            roster = workdir / f"roster{index}"
-            for name in students:
-                (roster / name).mkdir(parents=True)
-                for photo in people[name][:demo["enroll_photos"]]:
-                    (roster / name / photo.name).symlink_to(photo)
             class_name = f"demo{index}"
-            # a student whose enrolment photos all fail the quality checks is not enrolled: the class is who is
-            enrolled = sorted(service.enroll(class_name, roster).enrolled)
-            present = [str(s) for s in rng.choice(enrolled, min(demo["present"], len(enrolled)), replace=False)]
-            photos = [people[name][int(rng.integers(demo["enroll_photos"], len(people[name])))] for name in present]
+            class_photos, tried = enroll_class(service, class_name, iter(rng.permutation(eligible).tolist()), people,
+                                               demo, workdir / f"roster{index}", rng)
+            enrolled = sorted(class_photos)
+            others = [name for name in people if name not in tried]
+            strangers = [str(s) for s in rng.choice(others, demo["strangers"], replace=False)]
+            present = [str(s) for s in rng.choice(enrolled, demo["present"], replace=False)]
+            photos = [class_photos[name] for name in present]
             photos += [people[name][int(rng.integers(0, len(people[name])))] for name in strangers]
             who = present + [None] * len(strangers)
             canvas, regions = compose_class_photo(photos, tuple(demo["canvas"]), rng)

@@ -183,6 +183,41 @@ def test_html_escapes_names(tmp_path):
     assert "<script>alert" not in text and "&lt;script&gt;" in text and "7B &amp; co" in text
 
 
+def test_demo_enrolment_retakes_rejected_photos_and_replaces_people_without_one(tmp_path):
+    from types import SimpleNamespace
+    from matching.attendance_demo import enroll_class
+    people = {name: [tmp_path / f"{name}_{number}.jpg" for number in range(1, count + 1)]
+              for name, count in (("Ann", 4), ("Bob", 3), ("Cid", 3), ("Dee", 5))}
+    for photos in people.values():
+        for photo in photos:
+            photo.write_bytes(b"jpeg")
+    rejected = {"Ann_1.jpg", "Bob_1.jpg", "Bob_2.jpg", "Bob_3.jpg", "Cid_2.jpg"}
+
+    class FakeService:  # accepts every photo but the rejected ones, as enroll() does after its checks
+        def __init__(self):
+            self.rosters = []
+
+        def enroll(self, class_name, roster):
+            shown = {folder.name: sorted(photo.name for photo in folder.iterdir()) for folder in roster.iterdir()}
+            self.rosters.append(shown)
+            accepted = {name: sum(photo not in rejected for photo in photos) for name, photos in shown.items()}
+            return SimpleNamespace(enrolled={name: count for name, count in accepted.items() if count})
+
+    service = FakeService()
+    demo = {"students": 3, "enroll_photos": 2}
+    class_photos, tried = enroll_class(service, "c", iter(["Ann", "Bob", "Cid", "Dee"]), people, demo,
+                                       tmp_path / "roster", np.random.default_rng(0))
+    # Bob has no usable photo: Dee takes his place; Ann's and Cid's rejected photos are retaken with their next one
+    assert sorted(class_photos) == ["Ann", "Cid", "Dee"] and tried == {"Ann", "Bob", "Cid", "Dee"}
+    for name, photo in class_photos.items():
+        assert photo in people[name][2:]  # never one of the first enroll_photos, never shown for enrolment
+        assert all(photo.name not in roster.get(name, []) for roster in service.rosters)
+    last_roster = {name: photos for roster in service.rosters for name, photos in roster.items()}
+    accepted = {name: [p for p in photos if p not in rejected] for name, photos in last_roster.items()}
+    assert len(accepted["Ann"]) == 2 and len(accepted["Dee"]) == 2
+    assert len(accepted["Cid"]) == 1  # Cid's only other photo was rejected: enrolled from one
+
+
 # ---------------------------------------------------------------- command line, end to end
 def _run(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "attendance.py", *args], cwd=cwd, capture_output=True, text=True,
