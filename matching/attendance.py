@@ -154,19 +154,27 @@ def calibrate_unknown_threshold(vectors: np.ndarray, owners: np.ndarray, target_
     return max(floor, threshold), int(impostor.size)
 
 
-def assign(scores: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+def assign(scores: np.ndarray, threshold: float, min_margin: float = 0.0) -> list[tuple[int, int]]:
     """One-to-one (face, student) pairs maximising the total margin over ``threshold``: every face may instead stay
-    unknown at no cost, so a pair under the threshold is never chosen."""
+    unknown at no cost, so a pair under the threshold is never chosen. A pair is kept only when the face's score for
+    its student beats its score for every other student by ``min_margin``: a face that looks about as much like two
+    students (a stranger resembling several, a blurred background face) stays unknown rather than marking one."""
     faces, students = scores.shape
     if faces == 0 or students == 0:
         return []
     # columns: the students, then one "unknown" slot per face
     cost = np.zeros((faces, students + faces), np.float64)
     cost[:, :students] = -(scores - threshold)
+    runner_up = (np.sort(scores, axis=1)[:, -2] if students > 1  # each face's second-best student score
+                 else np.full(faces, -np.inf))
+    best = scores.max(1)
     pairs = []
     for face, column in zip(*linear_sum_assignment(cost)):
         if column < students and scores[face, column] >= threshold:
-            pairs.append((int(face), int(column)))
+            # the nearest rival: the runner-up when this pair is the face's best, else the face's best itself
+            rival = runner_up[face] if scores[face, column] >= best[face] else best[face]
+            if min_margin <= 0 or scores[face, column] - rival >= min_margin:
+                pairs.append((int(face), int(column)))
     return pairs
 
 

@@ -49,6 +49,13 @@ def _thumbnail(chip_rgb: np.ndarray, size: int = 96) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode() if ok else ""
 
 
+def _closest(face_scores: np.ndarray, names: list[str], count: int = 2) -> str:
+    """Caption lines naming the students an unmatched face is closest to: the teacher's candidates when the face was
+    left unknown for being about as close to two students."""
+    order = np.argsort(face_scores)[::-1][:count]
+    return "".join(f"<br>{html.escape(names[student])} {face_scores[student]:.3f}" for student in order)
+
+
 def write_html(path: Path, class_name: str, session: str, marks: list[dict], photo_marks: list, names: list[str],
                threshold: float) -> None:
     """One HTML file with every image inlined: present students with the face that matched, absent students, and
@@ -70,7 +77,7 @@ def write_html(path: Path, class_name: str, session: str, marks: list[dict], pho
             best = "" if mark["score"] is None else f"best {mark['score']:.3f}"
             rows.append(f'<tr class="absent"><td></td><td>{name}</td><td>absent</td><td>{best}</td><td></td></tr>')
     unknown = "".join(f'<figure><img src="{_thumbnail(item.chips[face])}" alt="unknown face">'
-                      f'<figcaption>{html.escape(item.photo)}</figcaption></figure>'
+                      f'<figcaption>{html.escape(item.photo)}{_closest(item.scores[face], names)}</figcaption></figure>'
                       for item in photo_marks for face in item.unknown)
     present = sum(m["present"] for m in marks)
     unmatched = sum(len(item.unknown) for item in photo_marks)

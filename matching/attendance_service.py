@@ -27,7 +27,7 @@ ATTENDANCE_DEFAULTS = {
     "database": None,
     "device": "cpu",
     "quality": dict(QUALITY_DEFAULTS),
-    "matching": {"target_far": 0.001, "floor": 0.9, "tail": "empirical"},
+    "matching": {"target_far": 0.001, "floor": 0.9, "tail": "empirical", "min_margin": 0.0},
     "demo": {"lfw_root": None, "classes": 20, "students": 30, "present": 25, "strangers": 5, "enroll_photos": 2,
              "canvas": [1920, 1080], "seed": 0},
     "web": {"max_upload_mb": 25.0, "max_files": 40, "data_dir": None},
@@ -103,6 +103,13 @@ class AttendanceService:
             self._pipelines[purpose] = pipeline_from_config(pipeline_cfg, self.cfg["device"], self.verbose)
         return self._pipelines[purpose]
 
+    def unknown_threshold(self, vectors: np.ndarray, owners: np.ndarray) -> tuple[float, int]:
+        """(threshold, impostor pairs) calibrated on a gallery's photos with the configured target false-accept
+        rate, tail and floor."""
+        settings = self.cfg["matching"]
+        return calibrate_unknown_threshold(vectors, owners, settings["target_far"], settings["floor"],
+                                           settings["tail"])
+
     # ------------------------------------------------------------------ enroll
     def enroll(self, class_name: str, roster: Path, keep_photos: bool = False) -> EnrollResult:
         if not roster.is_dir():
@@ -149,7 +156,7 @@ class AttendanceService:
             names = sorted(embeddings)
             vectors = np.concatenate([embeddings[name] for name in names])
             owners = np.concatenate([np.full(len(embeddings[name]), i) for i, name in enumerate(names)])
-            threshold, _ = calibrate_unknown_threshold(vectors, owners, **self.cfg["matching"])
+            threshold, _ = self.unknown_threshold(vectors, owners)
             result.warnings = roster_warnings(embeddings, photo_names, threshold)
         for warning in result.warnings:
             print(f"warning: {warning}")
@@ -167,12 +174,13 @@ class AttendanceService:
         gallery = self.db.gallery(class_name, pipeline.embedder.cache_key)
         if not gallery.names:
             raise GalleryError(f"class {class_name!r} has no enrolled students")
-        threshold, impostor_pairs = calibrate_unknown_threshold(gallery.vectors, gallery.owners, **self.cfg["matching"])
+        threshold, impostor_pairs = self.unknown_threshold(gallery.vectors, gallery.owners)
         results = []
         for name, image in images:
             faces = pipeline.process(image)
             scores = student_scores(faces.embeddings.numpy(), gallery)
-            results.append(PhotoMarks(name, faces.detections, scores, assign(scores, threshold), faces.chips))
+            pairs = assign(scores, threshold, self.cfg["matching"]["min_margin"])
+            results.append(PhotoMarks(name, faces.detections, scores, pairs, faces.chips))
         return gallery, threshold, impostor_pairs, results
 
     def create_class(self, class_name: str) -> int:

@@ -39,6 +39,17 @@ def test_assignment_is_one_to_one_and_leaves_weak_faces_unknown():
     assert assign(np.zeros((0, 3)), 0.5) == [] and assign(np.zeros((2, 0)), 0.5) == []
 
 
+def test_a_face_as_close_to_two_students_stays_unknown_under_a_margin():
+    scores = np.array([[0.95, 0.948, 0.80],   # about as much like student 0 as student 1: ambiguous
+                       [0.80, 0.85, 0.96],    # clearly student 2
+                       [0.93, 0.80, 0.70]])   # clearly student 0
+    # no margin: face 0 takes student 1, its second choice, since face 2 needs student 0 more
+    assert sorted(assign(scores, 0.9)) == [(0, 1), (1, 2), (2, 0)]
+    assert sorted(assign(scores, 0.9, min_margin=0.005)) == [(1, 2), (2, 0)]
+    assert assign(scores, 0.9, min_margin=0.2) == []
+    assert assign(scores[:, :1], 0.9, min_margin=0.5) == [(0, 0)]  # a class of one: no rival
+
+
 def test_unknown_threshold_is_the_impostor_quantile_with_a_floor():
     vectors = unit([[1, 0], [0.8, 0.6], [0, 1], [0.6, 0.8]])
     owners = np.array([0, 0, 1, 1])
@@ -178,9 +189,14 @@ def test_two_writers_at_once_both_land(tmp_path):
 def test_html_escapes_names(tmp_path):
     name = '<script>alert("x")</script>'
     marks = [{"student": name, "present": False, "score": None, "photo": None, "box": None}]
-    write_html(tmp_path / "r.html", "7B & co", "s1", marks, [], [name], 0.9)
+    # one face left unknown, about as close to both students: its caption names them, escaped, closest first
+    one_face = Detections(torch.tensor([[0.0, 0, 100, 100]]), torch.ones(1), torch.zeros(1, 5, 2))
+    face = PhotoMarks("class.jpg", one_face, np.array([[0.909, 0.912]], np.float32), [],
+                      np.zeros((1, 150, 150, 3), np.uint8))
+    write_html(tmp_path / "r.html", "7B & co", "s1", marks + [dict(marks[0], student="Bo")], [face], [name, "Bo"], 0.9)
     text = (tmp_path / "r.html").read_text()
     assert "<script>alert" not in text and "&lt;script&gt;" in text and "7B &amp; co" in text
+    assert "class.jpg<br>Bo 0.912<br>&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; 0.909</figcaption>" in text
 
 
 def test_demo_enrolment_retakes_rejected_photos_and_replaces_people_without_one(tmp_path):
