@@ -165,16 +165,15 @@ def assign(scores: np.ndarray, threshold: float, min_margin: float = 0.0) -> lis
     # columns: the students, then one "unknown" slot per face
     cost = np.zeros((faces, students + faces), np.float64)
     cost[:, :students] = -(scores - threshold)
-    runner_up = (np.sort(scores, axis=1)[:, -2] if students > 1  # each face's second-best student score
-                 else np.full(faces, -np.inf))
-    best = scores.max(1)
     pairs = []
     for face, column in zip(*linear_sum_assignment(cost)):
-        if column < students and scores[face, column] >= threshold:
-            # the nearest rival: the runner-up when this pair is the face's best, else the face's best itself
-            rival = runner_up[face] if scores[face, column] >= best[face] else best[face]
-            if min_margin <= 0 or scores[face, column] - rival >= min_margin:
-                pairs.append((int(face), int(column)))
+        if column >= students or scores[face, column] < threshold:
+            continue
+        if min_margin > 0 and students > 1:
+            rival = np.delete(scores[face], column).max()  # the face's best score for any other student
+            if scores[face, column] - rival < min_margin:
+                continue
+        pairs.append((int(face), int(column)))
     return pairs
 
 

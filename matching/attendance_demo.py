@@ -91,8 +91,12 @@ def enroll_class(service, class_name: str, candidates, people: dict[str, list[Pa
     class_photo: dict[str, Path] = {}
     shown: dict[str, int] = {}     # how many of the person's other photos the roster has shown so far
     accepted: dict[str, int] = {}  # how many of them passed
+
+    def photos_left(name: str) -> bool:  # the person has photos not yet shown (besides the class photo)
+        return shown[name] < len(people[name]) - 1
+
     for attempt in itertools.count():
-        members = [name for name in class_photo if accepted[name] or shown[name] < len(people[name]) - 1]
+        members = [name for name in class_photo if accepted[name] or photos_left(name)]
         while len(members) < demo["students"]:
             name = next(candidates, None)
             if name is None:
@@ -100,7 +104,7 @@ def enroll_class(service, class_name: str, candidates, people: dict[str, list[Pa
             class_photo[name] = people[name][int(rng.integers(wanted, len(people[name])))]
             shown[name] = accepted[name] = 0
             members.append(name)
-        pending = [name for name in members if accepted[name] < wanted and shown[name] < len(people[name]) - 1]
+        pending = [name for name in members if accepted[name] < wanted and photos_left(name)]
         if not pending:
             return {name: class_photo[name] for name in members}, set(class_photo)
         folder = roster / str(attempt)
