@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from common.errors import InputError
 from common.cli import run_cli
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -64,7 +65,7 @@ def frames(source: str, max_frames: int | None):
     """Yield (key, RGB frame) from a video file or a webcam index."""
     capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not capture.isOpened():
-        raise ValueError(f"cannot open video source {source!r}")
+        raise InputError(f"cannot open video source {source!r}")
     index = 0
     try:
         while max_frames is None or index < max_frames:
@@ -86,7 +87,7 @@ def images(source: Path):
         return
     paths = list_images(source)
     if not paths:
-        raise ValueError(f"no images found in {source}")
+        raise InputError(f"no images found in {source}")
     skipped = 0
     for path in paths:
         try:
@@ -97,7 +98,7 @@ def images(source: Path):
             continue
         yield str(path), image
     if skipped == len(paths):
-        raise ValueError(f"none of the {len(paths)} images in {source} could be read (each is named above)")
+        raise InputError(f"none of the {len(paths)} images in {source} could be read (each is named above)")
 
 
 def main(argv=None) -> int:
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
         from common.export import DEFAULT_CACHE, use_onnxruntime
         use_onnxruntime(detector, args.onnx_dir or DEFAULT_CACHE, args.device)
     elif args.onnx_dir:
-        raise ValueError("--onnx-dir applies to --backend onnxruntime only")
+        raise InputError("--onnx-dir applies to --backend onnxruntime only")
     source = Path(args.input)
     if args.input.isdigit() or source.suffix.lower() in VIDEO_EXTENSIONS:
         stream = frames(args.input, args.max_frames)

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from common.errors import UserError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     pass
 
 

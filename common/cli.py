@@ -1,9 +1,12 @@
-"""What every command line shares: expected errors become one clear message and exit code 2, not a traceback."""
+"""What every command line shares: a user error (``common.errors.UserError``) or a missing file becomes one clear
+message and exit code 2; any other exception is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import re
 import sys
 from typing import Callable
+
+from common.errors import UserError
 
 EXIT_USAGE = 2
 
@@ -12,20 +15,10 @@ _WORKER_TRACEBACK = re.compile(r"^Original Traceback \(most recent call last\):$
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: ", re.MULTILINE)  # "module.SomeError: message"
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    from common.checkpoint import CheckpointError
-    from common.config import ConfigError
-    from common.engine import NonFiniteLossError
-    from common.io import ImageReadError
-    from detection.data.readers import AnnotationError
-    return (ConfigError, CheckpointError, ImageReadError, AnnotationError, NonFiniteLossError, FileNotFoundError,
-            ValueError, KeyError)
-
-
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     try:
         return int(main(argv) or 0)
-    except expected_errors() as error:
+    except (UserError, FileNotFoundError) as error:
         print(f"error: {error_message(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+from common.errors import UserError
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, load_checkpoint, restore_rng_states, save_checkpoint, unwrap
 from common.config import ConfigError
+from common.errors import UserError
 
 
 # What save_checkpoint itself writes; Trainer(extra=...) may not overwrite these.
@@ -33,7 +34,7 @@ RESERVED_CHECKPOINT_KEYS = frozenset({"model", "optimizer", "scheduler", "scaler
 RESUME_TAGS = ("last", "previous", "best")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     pass
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from common.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 
@@ -14,7 +15,7 @@ _WIDE_INTEGER_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 _UINT16_TO_UINT8 = 65535 / 255
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """A file that exists but cannot be decoded as an image; the message reads ``file: reason``."""
 
 

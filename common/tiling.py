@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.config import ConfigError
 from common.detections import Detections
 
 
@@ -37,9 +38,9 @@ def pad_to_multiple(inputs: torch.Tensor, multiple: int) -> torch.Tensor:
 def make_tiles(height: int, width: int, zooms: Sequence[int], overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
     """``(x1, y1, x2, y2)`` pixel tiles for every zoom level, whole photo first."""
     if not zooms or any(zoom < 1 for zoom in zooms):
-        raise ValueError(f"tile_zooms must be whole numbers >= 1 (1 = the whole photo), got {list(zooms)}")
+        raise ConfigError(f"tile_zooms must be whole numbers >= 1 (1 = the whole photo), got {list(zooms)}")
     if not 0 <= overlap < 1:
-        raise ValueError(f"tile overlap must lie in [0, 1), got {overlap}")
+        raise ConfigError(f"tile overlap must lie in [0, 1), got {overlap}")
     tiles = []
     for zoom in zooms:
         side = math.ceil(max(height, width) / zoom)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy.io import loadmat
 
+from common.errors import UserError
 from common.metrics import voc_ap
 
 SETTINGS = ("easy", "medium", "hard")
@@ -42,7 +43,7 @@ PREDICTION_VALUES = 5  # x y w h score
 DEFAULT_GROUND_TRUTH = Path(__file__).resolve().parents[2] / "shared" / "data" / "detection" / "wider_val_ground_truth"
 
 
-class WiderFormatError(ValueError):
+class WiderFormatError(UserError, ValueError):
     """A malformed prediction file or ground-truth folder; the message names the file."""
 
 

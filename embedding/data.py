@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from common.io import IMAGE_EXTENSIONS, ImageReadError, read_image
 from embedding.embedder import Alignment
+from common.errors import UserError
 
 ALIGN_MODES = ("none", "mtcnn")
 SKIPPED_FILE = "skipped.tsv"
@@ -39,7 +40,7 @@ DEFAULT_AUGMENTATION = {"flip_p": 0.5, "brightness": 0.2, "contrast": 0.2, "colo
                         "blur_p": 0.1}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     pass
 
 

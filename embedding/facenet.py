@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.errors import InputError
+from common.config import ConfigError
 from common.checkpoint import CheckpointError, model_state_from_file, state_mismatch
 from common.registry import register_embedder, register_model
 from embedding.embedder import Alignment, Embedder, file_sha256
@@ -188,7 +190,7 @@ class InceptionResnetV1(nn.Module):
     def __init__(self, classify: bool = False, num_classes: int | None = None, dropout: float = DROPOUT):
         super().__init__()
         if classify and not num_classes:
-            raise ValueError("classify=True needs num_classes (the number of identities)")
+            raise ConfigError("classify=True needs num_classes (the number of identities)")
         self.stem = nn.Sequential(
             ConvBNReLU(3, 32, 3, stride=2),  # (B, 32, 79, 79) at 160 px
             ConvBNReLU(32, 32, 3),  # (B, 32, 77, 77)
@@ -285,7 +287,7 @@ def load_state(model: InceptionResnetV1, state: dict, source: str) -> InceptionR
 def published_weights_file(name: str) -> Path:
     """facenet-pytorch's ``vggface2`` / ``casia-webface`` file in the torch hub cache, downloaded if absent."""
     if name not in PUBLISHED_WEIGHTS:
-        raise ValueError(f"unknown FaceNet weights {name!r}: pass a file path or one of {sorted(PUBLISHED_WEIGHTS)}")
+        raise InputError(f"unknown FaceNet weights {name!r}: pass a file path or one of {sorted(PUBLISHED_WEIGHTS)}")
     url = PUBLISHED_WEIGHTS[name]
     path = Path(torch.hub.get_dir()).parent / "checkpoints" / os.path.basename(url)  # facenet-pytorch's cache
     if path.is_file():

@@ -15,6 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.errors import InputError
+from common.config import ConfigError
+
 MINING = ("batch_hard", "semi_hard")
 _DISTANCE_EPS = 1e-12  # keeps sqrt differentiable at zero distance
 
@@ -66,9 +69,9 @@ class TripletLoss(nn.Module):
     def __init__(self, margin: float = 0.2, mining: str = "batch_hard"):
         super().__init__()
         if mining not in MINING:
-            raise ValueError(f"loss.mining must be one of {', '.join(MINING)}, got {mining!r}")
+            raise ConfigError(f"loss.mining must be one of {', '.join(MINING)}, got {mining!r}")
         if margin <= 0:
-            raise ValueError(f"loss.margin must be > 0, got {margin}")
+            raise ConfigError(f"loss.margin must be > 0, got {margin}")
         self.margin, self.mining = margin, mining
 
     @torch.autocast("cuda", enabled=False)  # distances of close unit vectors need float32
@@ -79,7 +82,7 @@ class TripletLoss(nn.Module):
         mine = batch_hard_triplet if self.mining == "batch_hard" else semi_hard_triplet
         losses, d_ap, d_an = mine(distances, labels, self.margin)
         if losses.numel() == 0:
-            raise ValueError("triplet loss: the batch has no (anchor, positive, negative) triplet; it needs at least "
+            raise InputError("triplet loss: the batch has no (anchor, positive, negative) triplet; it needs at least "
                              "two identities, one of them with two images (use the P×K sampler)")
         return {"loss": losses.mean(), "active_triplet_fraction": (losses > 0).float().mean(),
                 "embedding_norm": norms.mean(), "positive_distance": d_ap.mean(), "negative_distance": d_an.mean()}

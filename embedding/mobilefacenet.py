@@ -20,6 +20,7 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from common.config import ConfigError
 from common.checkpoint import CheckpointError, model_state_from_file
 from common.registry import register_embedder, register_model
 from embedding.align import ARCFACE_TEMPLATE_112
@@ -96,7 +97,7 @@ class MobileFaceNet(nn.Module):
     def __init__(self, embedding_dim: int = 128):
         super().__init__()
         if embedding_dim not in EMBEDDING_DIMS:
-            raise ValueError(f"MobileFaceNet embedding_dim must be one of {EMBEDDING_DIMS}, got {embedding_dim}")
+            raise ConfigError(f"MobileFaceNet embedding_dim must be one of {EMBEDDING_DIMS}, got {embedding_dim}")
         self.embedding_dim = embedding_dim
         self.stem = nn.Sequential(
             ConvBN(3, STEM_CHANNELS, 3, 2, 1),  # (B, 64, 56, 56)
@@ -145,7 +146,7 @@ def load_mobilefacenet(weights: str | Path | None = None, embedding_dim: int | N
         raise CheckpointError(f"{path} is not a MobileFaceNet state_dict or checkpoint (no {EMBEDDING_WEIGHT_KEY!r})")
     model = MobileFaceNet(int(state[EMBEDDING_WEIGHT_KEY].shape[0]))
     if embedding_dim is not None and embedding_dim != model.embedding_dim:
-        raise ValueError(f"{path} holds a {model.embedding_dim}-d MobileFaceNet, not {embedding_dim}-d")
+        raise CheckpointError(f"{path} holds a {model.embedding_dim}-d MobileFaceNet, not {embedding_dim}-d")
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch.utils.data import DataLoader
 
+from common.errors import InputError
 from common.checkpoint import CheckpointError, load_checkpoint, model_state_from_file
 from common.config import ConfigError, save_config
 from common.engine import Trainer, init_distributed, is_main_process, resolve_device
@@ -166,7 +167,7 @@ def verification_metrics(embeddings: torch.Tensor, labels, max_pairs: int = 3000
     labels = np.asarray(labels)
     pairs, same = verification_pairs(labels, max_pairs, seed)
     if len(pairs) == 0 or same.all():
-        raise ValueError("verification needs same-identity and different-identity pairs: at least two identities, "
+        raise InputError("verification needs same-identity and different-identity pairs: at least two identities, "
                          "one of them with two images")
     normalised = F.normalize(embeddings.float(), dim=1)
     similarity = (normalised[pairs[:, 0]] * normalised[pairs[:, 1]]).sum(1).numpy()

@@ -15,6 +15,8 @@ import torch
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
+from common.errors import InputError
+from common.config import ConfigError
 from common.metrics import match_image, match_image_points
 
 METHODS = ("logistic", "isotonic")
@@ -31,13 +33,13 @@ class ScoreCalibrator:
 
     def __init__(self, method: str = "logistic", params: dict | None = None):
         if method not in METHODS:
-            raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
+            raise ConfigError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
         self.method, self.params = method, params
 
     def fit(self, scores, hits) -> "ScoreCalibrator":
         scores, hits = np.asarray(scores, dtype=np.float64), np.asarray(hits, dtype=bool)
         if len(np.unique(hits)) < 2:
-            raise ValueError(f"calibration needs both hits and misses among the detections; got {int(hits.sum())} "
+            raise InputError(f"calibration needs both hits and misses among the detections; got {int(hits.sum())} "
                              f"hits of {len(hits)} (lower the detector's score threshold or add photos)")
         if self.method == "logistic":
             model = LogisticRegression(C=1e4).fit(_logit(scores)[:, None], hits)
@@ -73,7 +75,7 @@ class ScoreCalibrator:
             data = json.loads(path.read_text(encoding="utf-8"))
             return cls(data["method"], data["params"])
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: not a calibration file ({error})") from None
+            raise InputError(f"{path}: not a calibration file ({error})") from None
 
 
 def labelled_scores(detections, items: list[dict], iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:

@@ -52,7 +52,7 @@ class FusionDetector:
     def __init__(self, detectors: dict, settings: FusionSettings, calibrators: dict | None = None,
                  score_threshold: float = 0.0):
         if not detectors:
-            raise ValueError("fusion needs at least one detector")
+            raise ConfigError("fusion needs at least one detector")
         self.detectors, self.settings = detectors, settings
         self.calibrators = calibrators or {}
         self.score_threshold = score_threshold

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from common.config import ConfigError
 from common.boxes import box_iou, nms
 from common.detections import Detections
 
@@ -39,11 +40,11 @@ class FusionSettings:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"fusion method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            raise ConfigError(f"fusion method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.soft_nms_method not in ("linear", "gaussian"):
-            raise ValueError(f"soft_nms_method must be linear or gaussian, got {self.soft_nms_method!r}")
+            raise ConfigError(f"soft_nms_method must be linear or gaussian, got {self.soft_nms_method!r}")
         if not 0 < self.iou <= 1 or self.min_votes < 1:
-            raise ValueError(f"need 0 < iou <= 1 and min_votes >= 1, got iou={self.iou}, min_votes={self.min_votes}")
+            raise ConfigError(f"need 0 < iou <= 1 and min_votes >= 1, got iou={self.iou}, min_votes={self.min_votes}")
 
 
 def _stack(parts: Sequence[Detections]) -> tuple[Detections, torch.Tensor]:
@@ -135,7 +136,7 @@ def _wbf(faces: Detections, sources: torch.Tensor, settings: FusionSettings, num
 def fuse(parts: Sequence[Detections], settings: FusionSettings) -> tuple[Detections, torch.Tensor]:
     """One ``Detections`` (by decreasing score) and the votes of each face, from one ``Detections`` per source."""
     if settings.weights is not None and len(settings.weights) != len(parts):
-        raise ValueError(f"{len(settings.weights)} fusion weights for {len(parts)} sources")
+        raise ConfigError(f"{len(settings.weights)} fusion weights for {len(parts)} sources")
     faces, sources = _stack(parts) if parts else (Detections.empty(), torch.zeros(0, dtype=torch.int64))
     if not len(faces):
         return faces, torch.zeros(0, dtype=torch.int64)

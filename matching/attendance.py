@@ -15,6 +15,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import norm
 
+from common.config import ConfigError
 from common.detections import Detections
 
 QUALITY_DEFAULTS = {
@@ -140,7 +141,7 @@ def calibrate_unknown_threshold(vectors: np.ndarray, owners: np.ndarray, target_
     ``tail="normal"``: a normal fitted to the Fisher-transformed scores (arctanh), read at ``1 - target_far``: the
     tail estimated from every pair, not from the most extreme one."""
     if tail not in TAILS:
-        raise ValueError(f"matching.tail must be one of {', '.join(TAILS)}, got {tail!r}")
+        raise ConfigError(f"matching.tail must be one of {', '.join(TAILS)}, got {tail!r}")
     if len(vectors) < 2:
         return floor, 0
     similarity = vectors @ vectors.T

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from common.config import ConfigError
 from common.io import read_image
 
 FACE_CROP = (40, 30, 210, 220)  # x1, y1, x2, y2 of a 250-px LFW photo kept for the class photo: head and neck
@@ -100,7 +101,7 @@ def enroll_class(service, class_name: str, candidates, people: dict[str, list[Pa
         while len(members) < demo["students"]:
             name = next(candidates, None)
             if name is None:
-                raise ValueError(f"not enough people with usable photos for a class of {demo['students']}")
+                raise ConfigError(f"not enough people with usable photos for a class of {demo['students']}")
             class_photo[name] = people[name][int(rng.integers(wanted, len(people[name])))]
             shown[name] = accepted[name] = 0
             members.append(name)
@@ -156,12 +157,12 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
     demo = cfg["demo"]
     classes = classes or demo["classes"]
     if demo["present"] > demo["students"]:
-        raise ValueError(f"demo.present ({demo['present']}) cannot exceed demo.students ({demo['students']})")
+        raise ConfigError(f"demo.present ({demo['present']}) cannot exceed demo.students ({demo['students']})")
     image_dir = find_lfw(lfw_root or demo["lfw_root"])
     people = people_with_photos(image_dir)
     eligible = [name for name, photos in people.items() if len(photos) > demo["enroll_photos"]]
     if len(eligible) < demo["students"]:
-        raise ValueError(f"{image_dir}: only {len(eligible)} people have more than {demo['enroll_photos']} photos")
+        raise ConfigError(f"{image_dir}: only {len(eligible)} people have more than {demo['enroll_photos']} photos")
     rng = np.random.default_rng(demo["seed"])
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="attendance_demo_"))

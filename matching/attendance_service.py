@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from common.errors import InputError
 from common.config import build_config, project_path
 from common.io import ImageReadError, list_images, read_image
 from common.pipeline import pipeline_config, pipeline_from_config
@@ -56,7 +57,7 @@ def iso_date(value: str | None, flag: str) -> str | None:
     try:
         return dt.date.fromisoformat(value).isoformat()
     except ValueError:
-        raise ValueError(f"{flag} must be a date like 2026-11-23, got {value!r}") from None
+        raise InputError(f"{flag} must be a date like 2026-11-23, got {value!r}") from None
 
 
 def annotated_name(photo: str) -> str:
@@ -66,7 +67,7 @@ def annotated_name(photo: str) -> str:
 
 def check_student_name(name: str) -> str:
     if not name.strip() or UNSAFE_NAME.search(name):
-        raise ValueError(f"student name {name!r} is not allowed: no path separators, NUL, '.' or '..'")
+        raise InputError(f"student name {name!r} is not allowed: no path separators, NUL, '.' or '..'")
     return name
 
 
@@ -116,7 +117,7 @@ class AttendanceService:
             raise FileNotFoundError(f"roster folder not found: {roster}")
         students = sorted(child for child in roster.iterdir() if child.is_dir())
         if not students:
-            raise ValueError(f"{roster}: no student folders; expected {roster}/<student>/<photos>")
+            raise InputError(f"{roster}: no student folders; expected {roster}/<student>/<photos>")
         for folder in students:  # a bad name stops the run before any photo is processed
             check_student_name(folder.name)
         pipeline = self.pipeline("enroll")
@@ -219,7 +220,7 @@ class AttendanceService:
         """The class's marks in the date range; none is an error naming the range."""
         marks = self.db.session_marks(class_name, date_from, date_to)
         if not marks:
-            raise ValueError(f"class {class_name!r} has no sessions between {date_from or 'the start'} and "
+            raise InputError(f"class {class_name!r} has no sessions between {date_from or 'the start'} and "
                              f"{date_to or 'today'}")
         return marks
 

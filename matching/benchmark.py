@@ -13,13 +13,14 @@ from matching.embed_images import DEFAULT_CACHE_DIR, embed_images
 from matching.protocol import (fold_identities, fold_table, lfw_image_dir, limit_pairs, plot_roc,
                                read_lfw_pairs, read_pairs_csv, result_json, run_protocol)
 from matching.verifier import build_verifier
+from common.errors import InputError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LFW_ROOT = ROOT.parent / "shared" / "data" / "lfw"
 LFW_PAIRS = "pairs.txt"
 
 
-class TrainedOnTestFold(ValueError):
+class TrainedOnTestFold(UserError, ValueError):
     """The embedder was trained on identities of a fold it would be tested on."""
 
 
@@ -86,7 +87,7 @@ def load_pairs(args):
                                     "and deepfunneled/ or lfw/)")
         return read_lfw_pairs(root / LFW_PAIRS, lfw_image_dir(root)), f"LFW View 2 ({root})"
     if not args.pairs:
-        raise ValueError("--benchmark pairs needs --pairs FILE.csv (header file_x,file_y,same)")
+        raise InputError("--benchmark pairs needs --pairs FILE.csv (header file_x,file_y,same)")
     return read_pairs_csv(args.pairs, args.images), f"{args.pairs}"
 
 
@@ -98,7 +99,7 @@ def run_verification_benchmark(args) -> dict:
     test_folds = folds_present if not args.folds else [fold - 1 for fold in args.folds]
     unknown = [fold + 1 for fold in test_folds if fold not in folds_present]
     if unknown:
-        raise ValueError(f"--folds {unknown}: folds are numbered 1..{len(folds_present)}")
+        raise InputError(f"--folds {unknown}: folds are numbered 1..{len(folds_present)}")
     if args.benchmark == "lfw":
         check_unseen_identities(args.weights, pairs, test_folds)
     pairs = limit_pairs(pairs, args.limit)

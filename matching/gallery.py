@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS classes (
@@ -46,7 +47,7 @@ MIGRATIONS = (
 BUSY_TIMEOUT_MS = 60_000  # a concurrent writer waits this long for the lock
 
 
-class GalleryError(ValueError):
+class GalleryError(UserError, ValueError):
     """A request the database cannot satisfy (unknown class, wrong embedder ...); the message says what to do."""
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 from sklearn.metrics import auc, roc_curve
 from sklearn.model_selection import KFold
+from common.errors import InputError, UserError
 
 LFW_IMAGE_DIRS = ("deepfunneled", "lfw_funneled", "lfw-deepfunneled", "lfw")  # LFW layouts, preferred first
 LFW_FOLDS = 10
@@ -31,7 +32,7 @@ TRUE_WORDS = frozenset({"1", "yes", "y", "true", "same"})
 FALSE_WORDS = frozenset({"0", "no", "n", "false", "different"})
 
 
-class PairsError(ValueError):
+class PairsError(UserError, ValueError):
     """A pair list that cannot be read; the message names the file and line."""
 
 
@@ -262,13 +263,13 @@ def run_protocol(embeddings_x: np.ndarray, embeddings_y: np.ndarray, same, folds
     test_folds = sorted(set(folds.tolist())) if test_folds is None else list(test_folds)
     missing = [fold for fold in test_folds if not (folds == fold).any()]
     if missing:
-        raise ValueError(f"test fold(s) {missing} have no pairs; folds present: {sorted(set(folds.tolist()))}")
+        raise InputError(f"test fold(s) {missing} have no pairs; folds present: {sorted(set(folds.tolist()))}")
     results, pooled_scores, pooled_same = [], [], []
     for fold in test_folds:
         test = folds == fold
         train = ~test
         if not train.any():
-            raise ValueError("the protocol needs pairs outside the test fold to fit on; only one fold given")
+            raise InputError("the protocol needs pairs outside the test fold to fit on; only one fold given")
         verifier = make_verifier().fit(embeddings_x[train], embeddings_y[train], same[train])
         scores = verifier.score(embeddings_x[test], embeddings_y[test])
         predicted = verifier.predict(embeddings_x[test], embeddings_y[test])

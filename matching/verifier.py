@@ -23,6 +23,8 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from common.errors import InputError
+
 METRICS = ("cosine", "l2")
 CLASSIFIERS = ("logistic", "mlp")
 THRESHOLD_FORMAT = "facepipe-threshold-verifier"
@@ -73,7 +75,7 @@ def best_threshold(scores, same) -> tuple[float, float]:
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     same = _labels(same, len(scores))
     if len(scores) == 0:
-        raise ValueError("cannot fit a threshold on zero pairs")
+        raise InputError("cannot fit a threshold on zero pairs")
     distinct = np.unique(scores)  # sorted
     candidates = np.concatenate([[distinct[0] - END_PAD], (distinct[:-1] + distinct[1:]) / 2,
                                  [distinct[-1] + END_PAD]])
@@ -159,7 +161,7 @@ class ClassifierVerifier:
         features = pair_features(e1, e2)
         same = _labels(same, len(features))
         if len(np.unique(same)) < 2:
-            raise ValueError("a classifier verifier needs both same and different pairs to fit")
+            raise InputError("a classifier verifier needs both same and different pairs to fit")
         self.pipeline.fit(features, same)
         self.fitted = True
         self.train_accuracy = float((self.predict(e1, e2) == same).mean())
@@ -204,8 +206,8 @@ def load_verifier(path: str | Path):
     except (UnicodeDecodeError, json.JSONDecodeError):
         data = joblib.load(path)
         if not isinstance(data, dict) or data.get("format") != CLASSIFIER_FORMAT:
-            raise ValueError(f"{path}: not a verifier file (expected a {CLASSIFIER_FORMAT} joblib)") from None
+            raise InputError(f"{path}: not a verifier file (expected a {CLASSIFIER_FORMAT} joblib)") from None
         return data["verifier"]
     if not isinstance(data, dict) or data.get("format") != THRESHOLD_FORMAT or "threshold" not in data:
-        raise ValueError(f"{path}: not a verifier file (expected JSON with format {THRESHOLD_FORMAT!r})")
+        raise InputError(f"{path}: not a verifier file (expected JSON with format {THRESHOLD_FORMAT!r})")
     return ThresholdVerifier(data.get("metric", "cosine"), data["threshold"])

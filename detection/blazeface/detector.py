@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from common.config import ConfigError
 from common.boxes import weighted_nms
 from common.checkpoint import model_state_from_file
 from common.detections import Detections
@@ -86,7 +87,7 @@ def blazeface_detector(weights: str | Path | None = None, variant: str = "front"
                        score_threshold: float = 0.5, nms_iou: float = 0.3, batch_size: int = 64,
                        tile_zooms: Sequence[int] = (1,)) -> BlazeFaceDetector:
     if weights is None:
-        raise ValueError("BlazeFace needs weights: a MediaPipe face_detection_short_range.tflite (see README) "
+        raise ConfigError("BlazeFace needs weights: a MediaPipe face_detection_short_range.tflite (see README) "
                          "or a checkpoint from train.py --stage detection")
     model = load_weights(build_model(f"blazeface_{variant}"), weights)
     return BlazeFaceDetector(model, variant, device, score_threshold, nms_iou, batch_size, tile_zooms)

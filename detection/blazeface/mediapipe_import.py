@@ -22,14 +22,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .model import BlazeFace, ConvBN
+from common.errors import UserError
+from detection.blazeface.model import BlazeFace, ConvBN
 
 # Operators a plain BlazeFace graph consists of besides its convolutions.
 _STRUCTURAL_OPS = {"DEQUANTIZE", "RELU", "ADD", "PAD", "MAX_POOL_2D", "RESHAPE", "CONCATENATION"}
 _CONV_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D"}
 
 
-class MediaPipeImportError(ValueError):
+class MediaPipeImportError(UserError, ValueError):
     """The .tflite graph does not match the BlazeFace architecture it is loaded into."""
 
 

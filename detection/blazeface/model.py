@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from common.config import ConfigError
 from common.registry import register_model
 
 # (in_channels, out_channels, stride, residual) for each BlazeBlock.
@@ -189,7 +190,7 @@ class BlazeFace(nn.Module):
         # fine-tuning keeps BN in inference mode (gamma/beta still train), as detectors do with frozen BN.
         self.freeze_batchnorm = freeze_batchnorm
         if variant not in VARIANTS:
-            raise ValueError(f"unknown BlazeFace variant {variant!r}; expected one of {sorted(VARIANTS)}")
+            raise ConfigError(f"unknown BlazeFace variant {variant!r}; expected one of {sorted(VARIANTS)}")
         config = VARIANTS[variant]
         self.variant = variant
         self.input_size = config.input_size

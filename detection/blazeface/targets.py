@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from common.config import ConfigError
 from common.anchors import BLAZEFACE_ANCHOR_OPTIONS, AnchorGenerator
 from common.box_coder import BoxCoder
 from common.boxes import cxcywh_to_xyxy
@@ -39,7 +40,7 @@ class BlazeFaceAnchors:
 
     def __init__(self, variant: str):
         if variant not in BLAZEFACE_ANCHOR_OPTIONS:
-            raise ValueError(f"unknown BlazeFace variant {variant!r}; choose from {sorted(BLAZEFACE_ANCHOR_OPTIONS)}")
+            raise ConfigError(f"unknown BlazeFace variant {variant!r}; choose from {sorted(BLAZEFACE_ANCHOR_OPTIONS)}")
         options = BLAZEFACE_ANCHOR_OPTIONS[variant]
         self.input_size = size = options["input_size"]
         self.matching_xyxy = cxcywh_to_xyxy(AnchorGenerator.mediapipe(**options)(size, size))  # (896, 4)

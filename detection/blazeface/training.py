@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from common.config import existing_path
+from common.config import ConfigError, existing_path
 from common.engine import init_distributed, resolve_device
 from common.registry import build_detector, build_model
 from detection.blazeface.detector import load_weights, normalize
@@ -95,7 +95,7 @@ def run_blazeface_training(cfg: dict) -> list[dict]:
     variant = cfg["model"]["variant"]
     from_weights = bool(cfg["model"]["pretrained"] or cfg["model"]["weights"])
     if cfg["model"]["pretrained"] and not cfg["model"]["weights"]:
-        raise ValueError("model.pretrained needs model.weights (the MediaPipe .tflite) or --weights")
+        raise ConfigError("model.pretrained needs model.weights (the MediaPipe .tflite) or --weights")
     freeze = cfg["model"]["freeze_batchnorm"]
     model = build_model(f"blazeface_{variant}", freeze_batchnorm=from_weights if freeze is None else bool(freeze))
     if from_weights:

@@ -18,6 +18,9 @@ from xml.parsers import expat
 
 import numpy as np
 
+from common.config import ConfigError
+from common.errors import UserError
+
 # "left" and "right" are image-left and image-right, as in RetinaFace and MTCNN.
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth_corner", "right_mouth_corner")
 NUM_LANDMARKS = len(LANDMARK_NAMES)
@@ -44,7 +47,7 @@ _IBUG_MOUTH_CORNERS = [48, 54]
 _IBUG_NUM_POINTS = 68
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """A malformed annotation file; the message reads ``file:line: what is wrong`` (``file: ...`` without lines)."""
 
 
@@ -210,7 +213,7 @@ def split_by_image(
     """Split into (train, val) so that no image is in both; the same inputs and seed give the same split,
     whatever the order of ``annotations``. Each side keeps the input order."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+        raise ConfigError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
     image_paths = sorted({annotation.image_path for annotation in annotations})
     shuffled = np.random.default_rng(seed).permutation(len(image_paths))
     val_count = round(len(image_paths) * val_fraction)
@@ -528,15 +531,15 @@ def read_annotations(
 def _read_annotations(path: Path, data_root: str | Path | None, fmt: str | None) -> list[FaceAnnotation]:
     fmt = detect_format(path) if fmt is None else fmt
     if fmt not in ANNOTATION_FORMATS:
-        raise ValueError(f"{path}: unknown annotation format {fmt!r}; expected one of {', '.join(ANNOTATION_FORMATS)}")
+        raise AnnotationError(f"{path}: unknown annotation format {fmt!r}; expected one of {', '.join(ANNOTATION_FORMATS)}")
     if fmt == "csv":
         return read_csv(path, data_root)
     if fmt == "dlib":
         if data_root is not None:
-            raise ValueError(f"{path}: dlib XML image paths are relative to the XML's folder; data_root is not used")
+            raise AnnotationError(f"{path}: dlib XML image paths are relative to the XML's folder; data_root is not used")
         return read_dlib_xml(path)
     if data_root is None:
-        raise ValueError(f"{path}: {fmt} annotations need data_root, the folder their image paths are relative to")
+        raise AnnotationError(f"{path}: {fmt} annotations need data_root, the folder their image paths are relative to")
     reader = {"wider": read_wider_txt, "retinaface": read_retinaface_label, "coco": read_coco}[fmt]
     return reader(path, data_root)
 
@@ -545,7 +548,7 @@ def read_train_val(data: dict) -> tuple[list[FaceAnnotation], list[FaceAnnotatio
     """(train, val) annotations from a config's ``data`` section: ``train`` and ``val`` files in ``format``
     (``auto`` = by content) under ``root``; without ``val``, ``val_fraction`` of train's images (``split_seed``)."""
     if not data["train"]:
-        raise ValueError("no training data: set data.train in the config or pass --train-data")
+        raise ConfigError("no training data: set data.train in the config or pass --train-data")
     fmt = None if data["format"] == "auto" else data["format"]
     train = read_annotations(data["train"], data_root=data["root"], fmt=fmt)
     if not train:

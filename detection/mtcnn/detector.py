@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.config import ConfigError
 from common.boxes import batched_nms
-from common.checkpoint import model_state_from_file
+from common.checkpoint import CheckpointError, model_state_from_file
 from common.detections import Detections
 from common.registry import register_detector
 from detection.mtcnn.model import ONET_SIZE, RNET_SIZE, ONet, PNet, RNet, load_pretrained_mtcnn, normalize
@@ -56,11 +57,11 @@ class MTCNNDetector:
                  min_face_fraction: float | None = None, score_threshold: float | None = None,
                  batch_size: int = 16):
         if len(thresholds) != 3:
-            raise ValueError(f"thresholds must be three probabilities (P-Net, R-Net, O-Net), got {thresholds}")
+            raise ConfigError(f"thresholds must be three probabilities (P-Net, R-Net, O-Net), got {thresholds}")
         if min_face < 1 or not 0 < factor < 1:
-            raise ValueError(f"need min_face >= 1 and 0 < factor < 1, got min_face={min_face}, factor={factor}")
+            raise ConfigError(f"need min_face >= 1 and 0 < factor < 1, got min_face={min_face}, factor={factor}")
         if max_side is not None and max_side < 12:
-            raise ValueError(f"max_side must be at least 12 px (P-Net's window), got {max_side}")
+            raise ConfigError(f"max_side must be at least 12 px (P-Net's window), got {max_side}")
         self.device = torch.device(device)
         # channels_last: P-Net ~1.6x and R-Net/O-Net 2-4x faster on CPU (max pooling above all)
         self.pnet, self.rnet, self.onet = (net.eval().to(self.device, memory_format=torch.channels_last)
@@ -216,7 +217,7 @@ def load_mtcnn_weights(weights: str | Path | None) -> tuple[PNet, RNet, ONet]:
     state = model_state_from_file(weights)
     missing = [net for net in ("pnet", "rnet", "onet") if not isinstance(state, dict) or net not in state]
     if missing:
-        raise ValueError(f"MTCNN weights {weights} must hold the keys pnet, rnet, onet (what MTCNN training "
+        raise CheckpointError(f"MTCNN weights {weights} must hold the keys pnet, rnet, onet (what MTCNN training "
                          f"writes); missing {', '.join(missing)}")
     nets = []
     for name, cls in (("pnet", PNet), ("rnet", RNet), ("onet", ONet)):
@@ -239,7 +240,7 @@ def mtcnn_detector(weights: str | Path | None = None, device: str = "cpu", score
     sake and not used: MTCNN's three suppressions keep their own thresholds. MTCNN's pyramid already covers
     every scale, so ``tile_zooms`` may only be ``None`` or ``[1]``."""
     if tile_zooms is not None and tuple(tile_zooms) != (1,):
-        raise ValueError(f"MTCNN does not tile (its image pyramid covers every face size); got "
+        raise ConfigError(f"MTCNN does not tile (its image pyramid covers every face size); got "
                          f"tile_zooms={list(tile_zooms)}, pass --tile-zooms 1 or leave it unset")
     del nms_iou
     pnet, rnet, onet = load_mtcnn_weights(weights)

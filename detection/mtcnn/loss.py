@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from common.config import ConfigError
 from detection.mtcnn.targets import LANDMARK, NEGATIVE, PART, POSITIVE
 
 # Task weights of the paper: P-Net and R-Net (det 1, box 0.5, landmarks 0.5), O-Net (det 1, box 0.5, landmarks 1).
@@ -43,9 +44,9 @@ class MTCNNLoss(torch.nn.Module):
                  ohem_keep: float = 0.7, box_loss: str = "mse", smooth_l1_beta: float = 0.1):
         super().__init__()
         if not 0.0 < ohem_keep <= 1.0:
-            raise ValueError(f"ohem_keep must lie in (0, 1], got {ohem_keep}")
+            raise ConfigError(f"ohem_keep must lie in (0, 1], got {ohem_keep}")
         if box_loss not in BOX_LOSSES:
-            raise ValueError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
+            raise ConfigError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
         self.cls_weight, self.box_weight, self.landmark_weight = cls_weight, box_weight, landmark_weight
         self.ohem_keep, self.box_loss, self.beta = ohem_keep, box_loss, smooth_l1_beta
 

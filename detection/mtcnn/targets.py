@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common.config import ConfigError
 from common.boxes import box_iou
 from common.io import read_image
 from detection.data.dataset import FLIP_LANDMARK_ORDER
@@ -314,7 +315,7 @@ def photo_samples(annotation: FaceAnnotation, image_index: int, stage: str, samp
     cfg = {**SAMPLING_DEFAULTS, **sampling}
     unknown = set(cfg) - set(SAMPLING_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown sampling keys {sorted(unknown)}; valid: {', '.join(SAMPLING_DEFAULTS)}")
+        raise ConfigError(f"unknown sampling keys {sorted(unknown)}; valid: {', '.join(SAMPLING_DEFAULTS)}")
     size = STAGE_INPUT_SIZES[stage]
     rng = np.random.default_rng([seed, image_index])
     image = read_image(annotation.image_path) if image is None else image
@@ -350,7 +351,7 @@ def generate_samples(annotations: Sequence[FaceAnnotation], stage: str, sampling
     returning footprints) adds hard samples. Landmark samples are made for O-Net unless ``with_landmarks`` says
     otherwise (P-Net and R-Net have no landmark head)."""
     if stage not in STAGE_INPUT_SIZES:
-        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     with_landmarks = stage == "onet" if with_landmarks is None else with_landmarks
     items = enumerate(annotations)
     if progress:
@@ -383,7 +384,7 @@ class MTCNNSampleDataset(Dataset):
         if augmentation is not None:
             unknown = set(augmentation) - set(AUGMENTATION_DEFAULTS)
             if unknown:
-                raise ValueError(f"unknown augmentation keys {sorted(unknown)}; valid: "
+                raise ConfigError(f"unknown augmentation keys {sorted(unknown)}; valid: "
                                  f"{', '.join(AUGMENTATION_DEFAULTS)}")
             augmentation = {**AUGMENTATION_DEFAULTS, **augmentation}
         self.augmentation = augmentation

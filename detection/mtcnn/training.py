@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+from common.errors import InputError
 from common.checkpoint import CheckpointError, atomic_save, load_checkpoint, model_state_from_file
 from common.config import ConfigError, save_config
 from common.engine import Trainer, init_distributed, is_main_process, make_loader, resolve_device
@@ -349,7 +350,7 @@ def train_stage(cfg: dict, stage: str, nets: dict, train_annotations, val_annota
     seed = tcfg["seed"]
     train_samples = stage_samples(cfg, stage, train_annotations, nets, device, seed)
     if len(train_samples) == 0:
-        raise ValueError(f"no {stage} training samples could be made from {cfg['data']['train']}: are there faces "
+        raise InputError(f"no {stage} training samples could be made from {cfg['data']['train']}: are there faces "
                          f"of at least mtcnn.sampling.min_face_size = {cfg['mtcnn']['sampling']['min_face_size']} px?")
     # Validation crops are cut with another seed: held-out crops even when the validation photos are the training ones.
     val_samples = stage_samples(cfg, stage, val_annotations, nets, device, seed + 1) if has_val else None

@@ -8,8 +8,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from common.config import ConfigError
 from common.boxes import nms
-from common.checkpoint import model_state_from_file, state_mismatch
+from common.checkpoint import CheckpointError, model_state_from_file, state_mismatch
 from common.detections import Detections
 from common.registry import build_model, register_detector
 from common.tiling import drop_cut_faces, make_tiles, pad_to_multiple, resize_by
@@ -39,7 +40,7 @@ def load_weights(model: RetinaFace, weights: str | Path) -> RetinaFace:
     state = {key.removeprefix("module."): value for key, value in state.get("state_dict", state).items()}
     mismatch = state_mismatch(model.state_dict(), state)
     if mismatch:
-        raise ValueError(f"{path} does not fit RetinaFace ({model.backbone}): {mismatch}; is it the other backbone?")
+        raise CheckpointError(f"{path} does not fit RetinaFace ({model.backbone}): {mismatch}; is it the other backbone?")
     model.load_state_dict(state)
     return model
 
@@ -102,9 +103,9 @@ def retinaface_detector(weights: str | Path | None = None, backbone: str = "mobi
                         scales: Sequence[float] = (1.0,), tile_zooms: Sequence[int] = (1,),
                         tile_overlap: float = 0.25) -> RetinaFaceDetector:
     if backbone not in BACKBONES:
-        raise ValueError(f"unknown RetinaFace backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+        raise ConfigError(f"unknown RetinaFace backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
     if weights is None:
-        raise ValueError("RetinaFace needs weights: ../shared/models/retinaface/mobilenet0.25_Final.pth "
+        raise ConfigError("RetinaFace needs weights: ../shared/models/retinaface/mobilenet0.25_Final.pth "
                          "(configs/detection_retinaface.yaml) or a checkpoint from train.py --detector retinaface")
     model = load_weights(build_model(BACKBONES[backbone], leaky_slope=flavor_of(flavor).leaky_slope), weights)
     return RetinaFaceDetector(model, RetinaFaceAnchors.of_flavor(flavor), device, score_threshold, nms_iou,

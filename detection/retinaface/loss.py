@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from common.config import ConfigError
 from common.box_coder import BoxCoder
 from common.boxes import box_iou
 from detection.retinaface.postprocess import FACE_CLASS
@@ -23,7 +24,7 @@ class RetinaFaceLoss:
                  box_weight: float = 2.0, landmark_weight: float = 1.0, use_focal_loss: bool = False,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, box_loss: str = "smooth_l1"):
         if box_loss not in ("smooth_l1", "giou"):
-            raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}")
+            raise ConfigError(f"box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}")
         self.anchors_cxcywh, self.coder = anchors_cxcywh, coder
         self.hard_negative_ratio = hard_negative_ratio
         self.box_weight, self.landmark_weight = box_weight, landmark_weight

@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from common.checkpoint import model_state_from_file
+from common.config import ConfigError
+from common.checkpoint import CheckpointError, model_state_from_file
 from common.registry import register_model
 
 NUM_LEVELS = 3
@@ -147,7 +148,7 @@ class RetinaFace(nn.Module):
             self.body = ResNet50Body()
             fpn_channels = fpn_channels or 256
         else:
-            raise ValueError(f"unknown RetinaFace backbone {backbone!r}; choose mobilenet0.25 or resnet50")
+            raise ConfigError(f"unknown RetinaFace backbone {backbone!r}; choose mobilenet0.25 or resnet50")
         self.backbone = backbone
         self.fpn = FPN(self.body.out_channels, fpn_channels, leaky_slope)
         self.ssh1, self.ssh2, self.ssh3 = (SSH(fpn_channels, leaky_slope) for _ in range(NUM_LEVELS))
@@ -179,7 +180,7 @@ def load_backbone_weights(model: RetinaFace, path: str | Path) -> RetinaFace:
     usable = {k: v for k, v in state.items() if k in wanted}
     missing = sorted(set(wanted) - set(usable))
     if missing:
-        raise ValueError(f"{path}: not {model.backbone} ImageNet weights; missing {len(missing)} backbone keys, "
+        raise CheckpointError(f"{path}: not {model.backbone} ImageNet weights; missing {len(missing)} backbone keys, "
                          f"e.g. {missing[:3]}")
     model.body.load_state_dict(usable)
     return model

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from common.config import ConfigError
 from common.anchors import AnchorGenerator
 from common.box_coder import BoxCoder
 from common.boxes import cxcywh_to_xyxy
@@ -41,7 +42,7 @@ FLAVORS = {"retinaface": Flavor(RETINAFACE_MIN_SIZES, 0.1), "1mb": Flavor(SMALL_
 
 def flavor_of(name: str) -> Flavor:
     if name not in FLAVORS:
-        raise ValueError(f"unknown RetinaFace flavor {name!r}; choose from {', '.join(FLAVORS)} (1mb: "
+        raise ConfigError(f"unknown RetinaFace flavor {name!r}; choose from {', '.join(FLAVORS)} (1mb: "
                          "Face-Detector-1MB-with-landmark weights, retinaface: Pytorch_Retinaface weights)")
     return FLAVORS[name]
 CENTER_VARIANCE, SIZE_VARIANCE = 0.1, 0.2

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from common.config import existing_path, project_path
+from common.config import ConfigError, existing_path, project_path
 from common.engine import init_distributed, resolve_device
 from common.tiling import pad_to_multiple
 from common.registry import build_detector, build_model
@@ -109,12 +109,12 @@ class RetinaFaceTask:
 def build_retinaface_model(cfg: dict) -> torch.nn.Module:
     model_cfg = cfg["model"]
     if model_cfg["backbone"] not in BACKBONES:
-        raise ValueError(f"unknown model.backbone {model_cfg['backbone']!r}; choose from {', '.join(BACKBONES)}")
+        raise ConfigError(f"unknown model.backbone {model_cfg['backbone']!r}; choose from {', '.join(BACKBONES)}")
     model = build_model(BACKBONES[model_cfg["backbone"]], backbone_weights=model_cfg["backbone_weights"],
                         leaky_slope=flavor_of(model_cfg["flavor"]).leaky_slope)
     if model_cfg["pretrained"]:
         if not model_cfg["weights"]:
-            raise ValueError("model.pretrained needs model.weights (e.g. mobilenet0.25_Final.pth) or --weights")
+            raise ConfigError("model.pretrained needs model.weights (e.g. mobilenet0.25_Final.pth) or --weights")
         load_weights(model, resolve_weights(model_cfg["weights"]))
     return model
 

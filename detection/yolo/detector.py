@@ -7,7 +7,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from common.checkpoint import model_state_from_file, state_mismatch
+from common.config import ConfigError
+from common.checkpoint import CheckpointError, model_state_from_file, state_mismatch
 from common.detections import Detections
 from common.registry import build_model, register_detector
 from common.tiling import pad_to_multiple, resize_by
@@ -32,7 +33,7 @@ def load_weights(model: YoloFace, weights: str | Path) -> YoloFace:
     state = model_state_from_file(path)
     mismatch = state_mismatch(model.state_dict(), state)
     if mismatch:
-        raise ValueError(f"{path} does not fit YoloFace(width={model.width}, depth={model.depth}): {mismatch}; "
+        raise CheckpointError(f"{path} does not fit YoloFace(width={model.width}, depth={model.depth}): {mismatch}; "
                          "set model.width / model.depth to those it was trained with")
     model.load_state_dict(state)
     return model
@@ -69,7 +70,7 @@ class YoloDetector:
 def yolo_detector(weights: str | Path | None = None, width: float = 0.25, depth: float = 0.33, device: str = "cpu",
                   score_threshold: float = 0.5, nms_iou: float = 0.45, long_side: int | None = 640) -> YoloDetector:
     if weights is None:
-        raise ValueError("the YOLO face detector needs weights: train them with python train.py --stage detection "
+        raise ConfigError("the YOLO face detector needs weights: train them with python train.py --stage detection "
                          "--detector yolo, then set model.weights or pass --weights")
     model = load_weights(build_model("yolo_face", width=width, depth=depth), weights)
     return YoloDetector(model, device, score_threshold, nms_iou, long_side)

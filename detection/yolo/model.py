@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn as nn
 
+from common.config import ConfigError
 from common.registry import register_model
 
 STRIDES = (8, 16, 32)
@@ -160,7 +161,7 @@ class YoloFace(nn.Module):
     def __init__(self, width: float = 0.25, depth: float = 0.33):
         super().__init__()
         if width <= 0 or depth <= 0:
-            raise ValueError(f"YOLO width and depth multipliers must be positive, got width={width}, depth={depth}")
+            raise ConfigError(f"YOLO width and depth multipliers must be positive, got width={width}, depth={depth}")
         self.width, self.depth = width, depth
         self.backbone = CSPBackbone(width, depth)
         self.neck = PAN(self.backbone.out_channels, max(1, round(BASE_DEPTHS[0] * depth)))

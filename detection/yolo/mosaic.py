@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 
+from common.errors import InputError
 from common.io import read_image
 from detection.data.dataset import FaceDetectionDataset
 from detection.data.readers import FaceAnnotation
@@ -25,7 +26,7 @@ class MosaicDataset(FaceDetectionDataset):
                  mosaic: dict, seed: int = 0):
         super().__init__(annotations, input_size, augmentation, seed)
         if not annotations:
-            raise ValueError("mosaic training data is empty: no image has a face to learn from")
+            raise InputError("mosaic training data is empty: no image has a face to learn from")
         self.p, self.grids, self.jitter = mosaic["p"], list(mosaic["grids"]), mosaic["jitter"]
         self.cell_scale = tuple(mosaic["cell_scale"])
 

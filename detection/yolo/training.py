@@ -128,7 +128,7 @@ def build_yolo_model(cfg: dict) -> torch.nn.Module:
     model = build_model("yolo_face", width=model_cfg["width"], depth=model_cfg["depth"])
     if model_cfg["pretrained"]:
         if not model_cfg["weights"]:
-            raise ValueError("model.pretrained needs model.weights (a YOLO checkpoint) or --weights")
+            raise ConfigError("model.pretrained needs model.weights (a YOLO checkpoint) or --weights")
         load_weights(model, existing_path(model_cfg["weights"]))
     return model
 

@@ -30,6 +30,7 @@ from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Red
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
+from common.errors import InputError, UserError
 from common.io import IMAGE_EXTENSIONS, ImageReadError, read_image
 from matching.attendance_service import (RATE_FIELDS, RATES_PNG, AttendanceService, MarkResult, annotated_name,
                                          attendance_rates, check_student_name, default_database, iso_date, plot_rates,
@@ -84,7 +85,7 @@ class AttendanceWeb:
     def save_uploads(self, uploads: list[UploadFile], folder: Path) -> list[tuple[str, Path]]:
         """The files written under ``folder`` with safe, distinct names: [(name as uploaded, path)]."""
         if len(uploads) > self.max_files:
-            raise ValueError(f"{len(uploads)} photos in one upload; at most {self.max_files} (web.max_files)")
+            raise InputError(f"{len(uploads)} photos in one upload; at most {self.max_files} (web.max_files)")
         saved, taken = [], set()
         for upload in uploads:
             path = folder / stored_name(upload.filename or "photo", taken)
@@ -137,9 +138,9 @@ def decode_photos(saved: list[tuple[str, Path]]) -> list[tuple[str, np.ndarray]]
 def checked_name(value: str, what: str) -> str:
     name = value.strip()
     if not name:
-        raise ValueError(f"the {what} is empty")
+        raise InputError(f"the {what} is empty")
     if len(name) > MAX_NAME_CHARS or not name.isprintable():
-        raise ValueError(f"the {what} must be at most {MAX_NAME_CHARS} printable characters")
+        raise InputError(f"the {what} must be at most {MAX_NAME_CHARS} printable characters")
     return name
 
 
@@ -218,8 +219,8 @@ def create_app(cfg: dict, db_path=None, pipelines: dict | None = None, verbose: 
         response.headers.update(SECURITY_HEADERS)
         return response
 
-    @app.exception_handler(ValueError)  # GalleryError, ImageReadError, bad form values: for the teacher to fix
-    async def bad_request(request: Request, error: ValueError):
+    @app.exception_handler(UserError)  # GalleryError, ImageReadError, bad form values: for the teacher to fix
+    async def bad_request(request: Request, error: UserError):
         return error_page(request, 400, str(error))
 
     @app.exception_handler(FileNotFoundError)  # models or weights missing: the server's setup, not the teacher's
@@ -331,12 +332,12 @@ def create_app(cfg: dict, db_path=None, pipelines: dict | None = None, verbose: 
                 service.db.correct_marks(name, key, {student: True}, REASON_MISSED)
             elif change == "absent" and actual:
                 if actual == student:
-                    raise ValueError(f"{student!r} cannot replace themself")
+                    raise InputError(f"{student!r} cannot replace themself")
                 service.db.correct_marks(name, key, {student: False, actual: True}, REASON_WRONG)
             elif change == "absent":
                 service.db.correct_marks(name, key, {student: False}, REASON_ABSENT)
             else:
-                raise ValueError(f"change must be 'present' or 'absent', got {change!r}")
+                raise InputError(f"change must be 'present' or 'absent', got {change!r}")
         return RedirectResponse(f"/classes/{class_id}/sessions/{session_id}", status_code=303)
 
     @app.get("/classes/{class_id}/sessions/{session_id}/attendance.csv")
