@@ -16,6 +16,9 @@ import datetime as dt
 import sys
 from pathlib import Path
 
+from classroom.demo import run_demo
+from classroom.service import AttendanceService, attendance_config, iso_date
+from classroom.webapp import serve
 from common.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent
@@ -26,11 +29,12 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help_text: str):
+    def command(name: str, help_text: str, database: bool = True):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", default=str(DEFAULT_CONFIG), help="attendance YAML (default: %(default)s)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-        sub.add_argument("--db", help="SQLite database (default: attendance.sqlite next to the config)")
+        if database:
+            sub.add_argument("--db", help="SQLite database (default: attendance.sqlite next to the config)")
         sub.add_argument("--verbose", action="store_true", help="print each stage's time per photo")
         return sub
 
@@ -49,7 +53,8 @@ def parse_args(argv):
     report.add_argument("--from", dest="date_from", help="YYYY-MM-DD (default: the first session)")
     report.add_argument("--to", dest="date_to", help="YYYY-MM-DD (default: the last session)")
     report.add_argument("--out", default="attendance_report", help="folder for the CSV and the PNG chart")
-    demo = command("demo", "build classes from LFW, mark them, print precision/recall")
+    # the demo enrols its classes in a temporary database of its own, deleted afterwards: no --db
+    demo = command("demo", "build classes from LFW, mark them, print precision/recall", database=False)
     demo.add_argument("--lfw-root", help="LFW folder (default: ../shared/data/lfw, else scikit-learn's download)")
     demo.add_argument("--classes", type=int, help="random classes to run (default: demo.classes of the config)")
     demo.add_argument("--out", default="results/attendance_demo", help="folder for the demo's figures and photos")
@@ -62,15 +67,11 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from matching.attendance_service import AttendanceService, attendance_config, iso_date
-
     cfg = attendance_config(args.config, args.set)
     if args.command == "demo":
-        from matching.attendance_demo import run_demo
         run_demo(cfg, args.lfw_root, args.classes, Path(args.out), verbose=args.verbose)
         return 0
     if args.command == "serve":
-        from matching.webapp import serve
         serve(cfg, args.db, args.host, args.port, verbose=args.verbose)
         return 0
     service = AttendanceService(cfg, db_path=args.db, verbose=args.verbose)

@@ -21,14 +21,16 @@ from tqdm import tqdm
 
 from common.errors import InputError
 from common.cli import run_cli
+from common.export import DEFAULT_CACHE, use_onnxruntime
+from common.io import ImageReadError, list_images, read_image
+from pipeline import default_config_path, detection_config, detector_from_config, list_detectors
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detector", default="blazeface",
-                        choices=["blazeface", "mtcnn", "retinaface", "yolo", "fusion"],
+    parser.add_argument("--detector", default="blazeface", choices=list_detectors(),
                         help="fusion: the detectors of configs/pipeline.yaml, merged")
     parser.add_argument("--config", help="detector config (default: configs/detection_<detector>.yaml)")
     parser.add_argument("--weights", help="weights (default: model.weights of the config)")
@@ -39,7 +41,7 @@ def parse_args(argv):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
                         help="what runs the networks; pre- and post-processing are the same either way")
-    parser.add_argument("--onnx-dir", help="onnxruntime: folder of exported networks (python -m common.export); "
+    parser.add_argument("--onnx-dir", help="onnxruntime: folder of exported networks (python -m pipeline.export); "
                                            "a network missing there is exported into it (default: runs/onnx_cache)")
     parser.add_argument("--tile-zooms", type=int, nargs="+", metavar="Z",
                         help="also run on overlapping tiles of 1/Z of the photo, for small faces "
@@ -81,7 +83,6 @@ def frames(source: str, max_frames: int | None):
 def images(source: Path):
     """Yield (path, RGB image). A single file that cannot be read is an error; in a folder such files are skipped
     with a warning, and it is an error only when none can be read."""
-    from common.io import ImageReadError, list_images, read_image
     if not source.is_dir():
         yield str(source), read_image(source)
         return
@@ -103,14 +104,11 @@ def images(source: Path):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from detection.training import default_config_path, detection_config, detector_from_config
-
     cfg = detection_config(args.detector, args.config or default_config_path(args.detector),
                            {"model.weights": args.weights, "inference.tile_zooms": args.tile_zooms,
                             "inference.score_threshold": args.score_threshold})
     detector = detector_from_config(cfg, args.device)
     if args.backend == "onnxruntime":
-        from common.export import DEFAULT_CACHE, use_onnxruntime
         use_onnxruntime(detector, args.onnx_dir or DEFAULT_CACHE, args.device)
     elif args.onnx_dir:
         raise InputError("--onnx-dir applies to --backend onnxruntime only")

@@ -8,6 +8,10 @@
     python train.py --stage embedding --config configs/embedding_mobilefacenet.yaml
     python train.py --stage matching --config configs/matching.yaml
     python train.py --stage all --config configs/pipeline.yaml      # detection → embedding → matching, resumable
+
+A flag the chosen stage does not use is refused with a message, never ignored. With a pipeline config
+(``--stage all``) the training flags every stage shares (--device, --epochs, --batch-size, --lr, --weight-decay,
+--num-workers, --log-dir, --resume, --no-auto-resume) reach each stage, and --checkpoint-dir is the run folder.
 """
 from __future__ import annotations
 
@@ -15,13 +19,19 @@ import argparse
 import sys
 
 from common.cli import run_cli
-from common.config import ConfigError
+from common.config import ConfigError, load_yaml
+from pipeline.config import PIPELINE_CONFIG, default_config_path, detection_config, is_pipeline_config, \
+    pipeline_config
+from pipeline.flags import (add_detection_flags, detection_overrides, embedding_overrides, matching_overrides,
+                            pipeline_overrides)
+from pipeline.matching_stage import matching_config, run_matching_training
+from pipeline.training import STAGES as CHAIN, embedding_config, run_pipeline_training, train_detector, \
+    train_embedder
 
 STAGES = ("detection", "embedding", "matching", "all")
 
 
 def parse_args(argv):
-    from detection.training import add_detection_flags
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", required=True, choices=STAGES)
     parser.add_argument("--config", help="YAML file in configs/ (default: the stage's defaults)")
@@ -31,59 +41,25 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-# Detection flags with no meaning for --stage embedding.
-EMBEDDING_IGNORED_FLAGS = ("detector", "variant", "mtcnn_stage", "csv_format", "train_data", "val_data", "pretrained",
-                           "use_focal_loss", "focal_alpha", "focal_gamma", "detection_weight", "classification_weight",
-                           "hard_negative_ratio", "pseudo_labels", "images")
-
-
-def train_embedding(args) -> int:
-    from common.config import build_config
-    from embedding.training import EMBEDDING_DEFAULTS, run_embedding_training
-    detection_only = [flag for flag in EMBEDDING_IGNORED_FLAGS if getattr(args, flag, None) not in (None, False)]
-    if detection_only:
-        raise ConfigError(f"{', '.join('--' + f.replace('_', '-') for f in detection_only)} apply to "
-                          "--stage detection only (set embedding keys in the YAML or with --set)")
-    overrides = {"data.root": args.data_root, "model.weights": args.weights, "train.batch_size": args.batch_size,
-                 "train.epochs": args.epochs, "train.lr": args.lr, "train.weight_decay": args.weight_decay,
-                 "train.device": args.device, "train.num_workers": args.num_workers,
-                 "output.checkpoint_dir": args.checkpoint_dir, "output.log_dir": args.log_dir,
-                 "output.resume": args.resume, "output.auto_resume": False if args.no_auto_resume else None}
-    cfg = build_config(EMBEDDING_DEFAULTS, args.config, overrides, args.set)
-    if cfg["stage"] != "embedding":
-        raise ConfigError(f"{args.config}: stage is {cfg['stage']!r} but --stage embedding was given")
-    run_embedding_training(cfg)
-    return 0
-
-
-def is_pipeline_config(path) -> bool:
-    """configs/pipeline.yaml and its copies: stage ``all``."""
-    from common.config import load_yaml
-    return path is not None and load_yaml(path).get("stage") == "all"
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.stage == "all" or is_pipeline_config(args.config):
-        from common.pipeline import ROOT, STAGES, pipeline_config, run_pipeline_training
-        cfg = pipeline_config(args.config or ROOT / "configs" / "pipeline.yaml", args.set)
-        run_pipeline_training(cfg, STAGES if args.stage == "all" else (args.stage,), force=args.stage != "all")
+        cfg = pipeline_config(args.config or PIPELINE_CONFIG, args.set, pipeline_overrides(args))
+        run_pipeline_training(cfg, CHAIN if args.stage == "all" else (args.stage,), force=args.stage != "all")
         return 0
     if args.stage == "embedding":
-        return train_embedding(args)
-    if args.stage == "matching":
-        from matching.training import matching_config_from_args, run_matching_training
-        run_matching_training(matching_config_from_args(args))
+        train_embedder(embedding_config(args.config, args.set, embedding_overrides(args)))
         return 0
-    if args.stage != "detection":
-        raise ConfigError(f"stage {args.stage!r} is not implemented yet; available: detection, embedding, matching")
-    from detection.training import default_config_path, detection_config, run_detection_training
+    if args.stage == "matching":
+        run_matching_training(matching_config(args.config, args.set, matching_overrides(args)))
+        return 0
     # --detector without --config: that detector's configs/detection_<name>.yaml
     config = args.config or (default_config_path(args.detector) if args.detector else None)
-    cfg = detection_config(args.detector, config, set_items=args.set, args=args)
+    detector = args.detector or (load_yaml(config).get("detector") if config else None) or "blazeface"
+    cfg = detection_config(detector, config, detection_overrides(args, detector), args.set)
     if cfg["stage"] != "detection":
         raise ConfigError(f"{args.config}: stage is {cfg['stage']!r} but --stage detection was given")
-    run_detection_training(cfg)
+    train_detector(cfg)
     return 0
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from bench.timing import keep_freed_memory_in_heap, report
-from matching.attendance import assign, student_scores
-from matching.attendance_demo import compose_class_photo, people_with_photos
-from matching.attendance_service import AttendanceService, attendance_config
-from matching.gallery import Gallery
+from matching.identification import assign, student_scores
+from classroom.demo import compose_class_photo, people_with_photos
+from classroom.service import AttendanceService, attendance_config
+from classroom.database import Gallery
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GALLERY_IDENTITIES = 100_000

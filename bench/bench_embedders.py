@@ -98,7 +98,7 @@ def bench(threads: int, batch: int, repeats: int) -> dict:
 def measure_template(count: int, size: int = facenet.INPUT_SIZE, margin: float = 0.0) -> dict:
     """Mean MTCNN landmarks inside facenet-pytorch's ``size``-px ``margin`` box crop, over ``count`` LFW photos
     (the face nearest each photo's centre): the template that ``facenet.FACENET_TEMPLATE_160`` records."""
-    from common.registry import build_detector
+    from pipeline import build_detector
 
     photos = [read_image(path) for path in lfw_photo_paths(count)]
     points = []

@@ -28,7 +28,7 @@ from common.tiling import pad_to_multiple
 from detection.evaluation import load_benchmark
 from detection.retinaface.detector import preprocess
 from detection.retinaface.targets import INPUT_MULTIPLE
-from detection.training import default_config_path, detection_config, detector_from_config
+from pipeline import default_config_path, detection_config, detector_from_config
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PHOTO_SETS = {"dlib": SHARED / "data/detection/dlib_faces/testing.xml",

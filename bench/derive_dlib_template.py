@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from common.io import read_image
-from common.registry import build_detector
+from pipeline import build_detector
 from embedding.align import fit_similarity
 from embedding.dlib_resnet import DLIB_TEMPLATE_150, INPUT_SIZE, default_descriptor_file, dlib_resnet_embedder
 from embedding.embedder import Alignment

@@ -1,9 +1,6 @@
 """ONNX export of every network, and an onnxruntime runner that stands in for the PyTorch module.
 
-    python -m common.export --model mtcnn --out onnx/                 # a detector's networks, its config's weights
-    python -m common.export --model retinaface --set model.backbone=resnet50 --weights R50.pth --out onnx/
-    python -m common.export --model dlib_resnet --out onnx/           # an embedder's network
-    python -m common.export --model blazeface_back --out onnx/        # any registered model (random or --weights)
+The command line (which builds the networks to export by name) is ``python -m pipeline.export``.
 
 A network describes its input through two attributes: ``input_size`` (the side of the square input it expects;
 ``None`` or absent: any height and width, fully convolutional) and ``output_names`` (absent: output0, output1,
@@ -17,21 +14,18 @@ the pre- and post-processing around it are the PyTorch path's own.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import importlib.util
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 
-from common.cli import run_cli
 from common.config import PROJECT_ROOT
 
 OPSET = 17
@@ -173,49 +167,3 @@ def use_onnxruntime(target, folder: str | Path = DEFAULT_CACHE, device: str | to
     for owner, attribute, _, network in slots:
         setattr(owner, attribute, OnnxRunner(cached_export(network, folder), device, threads))
     return target
-
-
-# -- command line ---------------------------------------------------------------------------------------------
-
-def networks_of(name: str, weights: str | None = None, set_items: Sequence[str] = ()) -> dict[str, nn.Module]:
-    """The networks to export for ``name``: a detector (built from its default config, ``weights`` and
-    ``set_items`` overriding it), an embedder, or a registered model (random weights unless ``weights``)."""
-    from common.checkpoint import model_state_from_file
-    from common.registry import available_embedders, available_models, build_embedder, build_model
-    from detection.training import DETECTORS, default_config_path, detection_config, detector_from_config
-
-    if name in DETECTORS:
-        cfg = detection_config(name, default_config_path(name), {"model.weights": weights}, set_items)
-        holder = detector_from_config(cfg, "cpu")
-    elif name in available_embedders():
-        holder = build_embedder(name, weights=weights)
-    elif name in available_models():
-        model = build_model(name)
-        if weights:
-            model.load_state_dict(model_state_from_file(weights))
-        return {name: model.eval()}
-    else:
-        raise KeyError(f"nothing to export called {name!r}; detectors: {', '.join(sorted(DETECTORS))}; embedders: "
-                       f"{', '.join(available_embedders())}; models: {', '.join(available_models())}")
-    return {role: network for _, _, role, network in network_slots(holder)}
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a detector (blazeface, mtcnn, retinaface, ...), an embedder "
-                                                       "(facenet, mobilefacenet, dlib_resnet) or a registered model")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the .onnx files")
-    parser.add_argument("--weights", help="weights (default: the detector config's / the embedder's own)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="detectors: override a key of the detector's config")
-    args = parser.parse_args(argv)
-    for role, model in networks_of(args.model, args.weights, args.set).items():
-        spec = net_spec(model)
-        path = cached_export(model, args.out)
-        size = f"{spec.input_size}x{spec.input_size}" if spec.input_size else "any HxW"
-        print(f"{role}: {path}  (input {INPUT_NAME} [batch, 3, {size}] → {', '.join(spec.output_names)})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

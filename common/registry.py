@@ -1,86 +1,101 @@
-"""Models register themselves by name and are built with ``build_model(name, **cfg)``."""
+"""Registries: each package registers what it provides when it is imported (``detection/__init__.py`` imports its
+detector packages, as ``timm.models`` and torchvision's ``register_model`` do); the composition root, ``pipeline``,
+imports the packages and looks things up by name. ``common`` lists no module of any package.
+
+Three registries: ``MODELS`` (``nn.Module`` classes or factories, e.g. ``"blazeface_front"``), ``DETECTORS``
+(a ``DetectorSpec`` per detector) and ``EMBEDDERS`` (factories ``(weights=None, device="cpu", ...) -> Embedder``).
+"""
 from __future__ import annotations
 
-import importlib
-from typing import Callable, Dict
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import torch.nn as nn
 
-_MODELS: Dict[str, Callable[..., nn.Module]] = {}
-_DETECTORS: Dict[str, Callable] = {}
-_EMBEDDERS: Dict[str, Callable] = {}
+from common.errors import UserError
 
-# Importing these runs their @register_* decorators; a package adds its modules here.
-MODEL_MODULES = (
-    "detection.blazeface.detector", "detection.blazeface.model",
-    "detection.mtcnn.detector", "detection.mtcnn.model",
-    "detection.retinaface.detector", "detection.retinaface.model",
-    "detection.yolo.detector", "detection.yolo.model",
-    "embedding.dlib_resnet", "embedding.facenet", "embedding.mobilefacenet",
-)
+T = TypeVar("T")
 
 
-def _register(table: dict, kind: str, name: str):
-    def wrap(factory):
-        if name in table:
-            raise ValueError(f"{kind} {name!r} is registered twice")
-        table[name] = factory
-        return factory
+class UnknownNameError(UserError, KeyError):
+    """A name no package registered; the message lists the close matches and every registered name."""
 
-    return wrap
+    def __str__(self) -> str:  # KeyError's own str() quotes the message
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry(Generic[T]):
+    """Names → things of one ``kind``: ``register`` (directly or as a decorator), ``get`` (unknown names raise
+    ``UnknownNameError`` with a did-you-mean), ``names``."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, item: T | None = None):
+        """``registry.register("x", thing)``, or ``@registry.register("x")`` above a class or function."""
+        def add(thing: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = thing
+            return thing
+
+        return add if item is None else add(item)
+
+    def unregister(self, name: str) -> None:
+        self._items.pop(name, None)
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            close = difflib.get_close_matches(str(name), self._items, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} Registered: {', '.join(self.names())}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What a detector package declares about itself.
+
+    ``defaults``: its config schema with default values (the package's ``config.py``); ``from_config(cfg, device)``:
+    the photo detector (``detect(list of RGB arrays) -> list[Detections]``) a config describes; ``train(cfg,
+    **parts)``: its training run, given the injected ``parts`` it names in ``train_parts`` (e.g. YOLO's
+    ``teacher_factory``); ``calibration_set``: ``key=value`` overrides that loosen its thresholds so a score
+    calibration also sees low-scoring misses."""
+
+    name: str
+    defaults: dict
+    from_config: Callable[[dict, str], Any]
+    train: Callable[..., Any] | None = None
+    train_parts: tuple[str, ...] = ()
+    calibration_set: tuple[str, ...] = ()
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+DETECTORS: Registry[DetectorSpec] = Registry("detector")
+EMBEDDERS: Registry[Callable[..., Any]] = Registry("embedder")
 
 
 def register_model(name: str):
     """Decorator: ``@register_model("blazeface_front")`` on an ``nn.Module`` class or factory."""
-    return _register(_MODELS, "model", name)
+    return MODELS.register(name)
 
 
-def register_detector(name: str):
-    """Decorator: ``@register_detector("blazeface")`` on a factory of photo-in, ``Detections``-out detectors."""
-    return _register(_DETECTORS, "detector", name)
+def build_model(name: str, **kwargs) -> nn.Module:
+    """A registered network (random weights): ``build_model("mtcnn_pnet")``."""
+    return MODELS.get(name)(**kwargs)
 
 
 def register_embedder(name: str):
     """Decorator: ``@register_embedder("facenet")`` on a factory ``(weights=None, device="cpu") -> Embedder``."""
-    return _register(_EMBEDDERS, "embedder", name)
-
-
-def _import_model_packages() -> None:
-    for module in MODEL_MODULES:
-        importlib.import_module(module)
-
-
-def available_models() -> list[str]:
-    _import_model_packages()
-    return sorted(_MODELS)
-
-
-def _build(table: dict, kind: str, name: str, cfg: dict):
-    _import_model_packages()
-    if name not in table:
-        raise KeyError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table))}")
-    return table[name](**cfg)
-
-
-def build_model(name: str, **cfg) -> nn.Module:
-    return _build(_MODELS, "model", name, cfg)
-
-
-def available_detectors() -> list[str]:
-    _import_model_packages()
-    return sorted(_DETECTORS)
-
-
-def build_detector(name: str, **cfg):
-    """A ready detector: ``build_detector("blazeface", weights=..., device="cpu").detect(images)``."""
-    return _build(_DETECTORS, "detector", name, cfg)
-
-
-def available_embedders() -> list[str]:
-    _import_model_packages()
-    return sorted(_EMBEDDERS)
-
-
-def build_embedder(name: str, **cfg):
-    """A ready embedder: ``build_embedder("facenet", weights=..., device="cpu").embed_chips(chips)``."""
-    return _build(_EMBEDDERS, "embedder", name, cfg)
+    return EMBEDDERS.register(name)

@@ -8,7 +8,7 @@ whole inside a neighbour, or a lower zoom sees it.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -35,13 +35,14 @@ def pad_to_multiple(inputs: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(inputs, (0, -width % multiple, 0, -height % multiple))
 
 
-def make_tiles(height: int, width: int, zooms: Sequence[int], overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
-    """``(x1, y1, x2, y2)`` pixel tiles for every zoom level, whole photo first."""
+def zoomed_tiles(height: int, width: int, zooms: Sequence[int], overlap: float = 0.25
+                 ) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """``(zoom, (x1, y1, x2, y2))`` pixel tiles for every zoom level in the order given, each tile once."""
     if not zooms or any(zoom < 1 for zoom in zooms):
         raise ConfigError(f"tile_zooms must be whole numbers >= 1 (1 = the whole photo), got {list(zooms)}")
     if not 0 <= overlap < 1:
         raise ConfigError(f"tile overlap must lie in [0, 1), got {overlap}")
-    tiles = []
+    tiles: dict[tuple[int, int, int, int], int] = {}
     for zoom in zooms:
         side = math.ceil(max(height, width) / zoom)
         step = side * (1 - overlap)
@@ -54,8 +55,28 @@ def make_tiles(height: int, width: int, zooms: Sequence[int], overlap: float = 0
 
         for y in starts(height):
             for x in starts(width):
-                tiles.append((x, y, min(x + side, width), min(y + side, height)))
-    return list(dict.fromkeys(tiles))
+                tiles.setdefault((x, y, min(x + side, width), min(y + side, height)), zoom)
+    return [(zoom, tile) for tile, zoom in tiles.items()]
+
+
+def make_tiles(height: int, width: int, zooms: Sequence[int], overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
+    """``(x1, y1, x2, y2)`` pixel tiles for every zoom level, whole photo first."""
+    return [tile for _, tile in zoomed_tiles(height, width, zooms, overlap)]
+
+
+def detect_on_tiles(image: np.ndarray, zooms: Sequence[int], overlap: float,
+                    detect_crops: Callable[[list[np.ndarray], list[int]], list[Detections]],
+                    merge: Callable[[list[Detections]], Detections]) -> Detections:
+    """One photo's faces from its zoomed, overlapping tiles — the tile-and-merge loop every tiling detector uses.
+    ``detect_crops(crops, zooms)`` gives one ``Detections`` per crop in crop pixels (``zooms``: each crop's zoom,
+    for detectors that enlarge a tile by it); each tile's faces are moved to photo pixels, those cut by an inner
+    tile edge dropped, and ``merge(parts)`` (one part per tile, in ``zoomed_tiles`` order) joins them."""
+    height, width = image.shape[:2]
+    tiles = zoomed_tiles(height, width, zooms, overlap)
+    found = detect_crops([np.ascontiguousarray(image[y1:y2, x1:x2]) for _, (x1, y1, x2, y2) in tiles],
+                         [zoom for zoom, _ in tiles])
+    return merge([drop_cut_faces(faces.scaled(1, 1, tile[0], tile[1]), tile, height, width)
+                  for faces, (_, tile) in zip(found, tiles)])
 
 
 def drop_cut_faces(detections: Detections, tile: tuple[int, int, int, int], height: int, width: int,

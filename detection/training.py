@@ -1,118 +1,68 @@
-"""What ``train.py``, ``evaluate.py`` and ``infer.py`` share about detectors: flags, config schema per detector,
-the training entry point and the photo detector a config describes."""
+"""The shared detector trainer: every trainable detector (BlazeFace, RetinaFace, YOLO) runs ``fit_detector`` with
+its own task (``step``, ``evaluate``, ``visualize``); validation figures and the image grid TensorBoard shows are
+the same for all."""
 from __future__ import annotations
 
-import argparse
-import importlib
-from pathlib import Path
+import copy
 
-from common.config import ConfigError, build_config, load_yaml
-from common.engine import resolve_device
+import torch
+from torchvision.utils import draw_bounding_boxes, make_grid
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# detector name → (module, its config defaults, training entry, detector from config)
-DETECTORS = {
-    "blazeface": ("detection.blazeface.training", "BLAZEFACE_DEFAULTS", "run_blazeface_training",
-                  "blazeface_from_config"),
-    "mtcnn": ("detection.mtcnn.training", "MTCNN_DEFAULTS", "run_mtcnn_training", "mtcnn_from_config"),
-    "retinaface": ("detection.retinaface.training", "RETINAFACE_DEFAULTS", "run_retinaface_training",
-                   "retinaface_from_config"),
-    "yolo": ("detection.yolo.training", "YOLO_DEFAULTS", "run_yolo_training", "yolo_from_config"),
-    # several detectors merged; "training" fits each one's score calibration
-    "fusion": ("common.pipeline", "PIPELINE_DEFAULTS", "fit_detection_stage", "detector_from_pipeline"),
-}
+from common.config import save_config
+from common.engine import Trainer, is_main_process, make_loader
+from common.metrics import average_precision
+from detection.data.dataset import collate_detection
 
 
-def _part(detector: str, index: int):
-    if detector not in DETECTORS:
-        raise ConfigError(f"unknown detector {detector!r}; choose from {', '.join(sorted(DETECTORS))}")
-    entry = DETECTORS[detector]
-    return getattr(importlib.import_module(entry[0]), entry[index])
+def fit_detector(model, task, train_set, val_set, cfg: dict, name: str, device, make_scheduler=None):
+    """The shared detector training run: loaders, AdamW with a cosine schedule (or ``make_scheduler(optimizer)``),
+    the shared ``Trainer`` (best checkpoint by validation AP@0.5, else by loss), the effective config saved,
+    auto-resume, and ``fit``. ``task`` gives ``step``, ``evaluate`` and ``visualize``; ``cfg`` has the detection
+    ``train``/``output`` keys."""
+    tcfg, out = cfg["train"], cfg["output"]
+    train_loader = make_loader(train_set, tcfg["batch_size"], True, tcfg["num_workers"], collate_detection,
+                               tcfg["seed"])
+    val_loader = make_loader(val_set, tcfg["batch_size"], False, tcfg["num_workers"], collate_detection,
+                             tcfg["seed"]) if len(val_set) else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    scheduler = make_scheduler(optimizer) if make_scheduler else torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(tcfg["epochs"], 1), eta_min=tcfg["lr"] * 0.01)
+    trainer = Trainer(model, optimizer, scheduler, task.step, out["checkpoint_dir"], out["log_dir"], name,
+                      device, tcfg["epochs"], copy.deepcopy(cfg), evaluate_fn=task.evaluate,
+                      visualize_fn=task.visualize, grad_clip=tcfg["grad_clip"], amp=tcfg["amp"],
+                      checkpoint_every=tcfg["checkpoint_every"], best_metric="ap50" if val_loader else "loss",
+                      best_mode="max" if val_loader else "min", seed=tcfg["seed"])
+    if is_main_process():
+        save_config(cfg, out["checkpoint_dir"])
+    resume = out["resume"] or (trainer.auto_resume_path() if out["auto_resume"] else None)
+    if resume:
+        trainer.resume(resume)
+    return trainer.fit(train_loader, val_loader)
 
 
-def default_config_path(detector: str) -> Path:
-    return ROOT / "configs" / ("pipeline.yaml" if detector == "fusion" else f"detection_{detector}.yaml")
+def validation_metrics(batches) -> dict:
+    """Mean of each loss term over validation batches and AP@0.5 of their detections. ``batches`` yields
+    (terms dict, one ``Detections`` per image, the batch's targets)."""
+    sums, count, images = {}, 0, []
+    for terms, detections, targets in batches:
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        count += 1
+        for found, target in zip(detections, targets):
+            images.append({"pred_boxes": found.boxes, "pred_scores": found.scores,
+                           "gt_boxes": target["boxes"], "gt_ignore": target["ignore"]})
+    metrics = {k: v / max(count, 1) for k, v in sums.items()}
+    metrics["ap50"] = average_precision(images).ap
+    return metrics
 
 
-# Flags every trainable detector shares, each setting one config key.
-SHARED_FLAG_KEYS = {
-    "train_data": "data.train", "val_data": "data.val", "data_root": "data.root",
-    "batch_size": "train.batch_size", "epochs": "train.epochs", "lr": "train.lr", "weight_decay": "train.weight_decay",
-    "device": "train.device", "num_workers": "train.num_workers", "checkpoint_dir": "output.checkpoint_dir",
-    "log_dir": "output.log_dir", "resume": "output.resume", "weights": "model.weights",
-}
-# Flags of one detector only: flag → (detector, config key).
-DETECTOR_FLAG_KEYS = {
-    "variant": ("blazeface", "model.variant"), "use_focal_loss": ("blazeface", "loss.use_focal_loss"),
-    "focal_alpha": ("blazeface", "loss.focal_alpha"), "focal_gamma": ("blazeface", "loss.focal_gamma"),
-    "detection_weight": ("blazeface", "loss.detection_weight"),
-    "classification_weight": ("blazeface", "loss.classification_weight"),
-    "hard_negative_ratio": ("blazeface", "loss.hard_negative_ratio"), "mtcnn_stage": ("mtcnn", "mtcnn.stage"),
-    "pseudo_labels": ("yolo", "data.pseudo_labels"), "images": ("yolo", "data.images"),
-}
-
-
-def add_detection_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("detection (each flag overrides its key in the YAML config)")
-    group.add_argument("--detector", choices=sorted(DETECTORS), help="detector to train (default: the config's)")
-    group.add_argument("--variant", choices=["front", "back"], help="BlazeFace variant (model.variant)")
-    group.add_argument("--mtcnn-stage", choices=["pnet", "rnet", "onet", "all"],
-                       help="MTCNN net(s) to train (mtcnn.stage): pnet, rnet, onet, or all three in order")
-    group.add_argument("--pseudo-labels", choices=["fusion"],
-                       help="YOLO: train on --images labelled by the fused pretrained detectors (data.pseudo_labels)")
-    group.add_argument("--images", nargs="+", metavar="DIR",
-                       help="YOLO: unlabelled photos (folders or files) for --pseudo-labels (data.images)")
-    group.add_argument("--csv-format", action="store_true", help="annotations are the seed CSV (data.format=csv)")
-    group.add_argument("--train-data", help="training annotations: CSV, WIDER txt, label.txt, COCO json, dlib xml")
-    group.add_argument("--val-data", help="validation annotations; without it 20%% of the images (seed 42)")
-    group.add_argument("--data-root", help="folder that relative image paths start from")
-    group.add_argument("--pretrained", action="store_true", default=None,
-                       help="start from published weights (BlazeFace: MediaPipe .tflite; MTCNN: facenet-pytorch)")
-    group.add_argument("--weights", help="weights to start from or to load (model.weights)")
-    group.add_argument("--batch-size", type=int)
-    group.add_argument("--epochs", type=int)
-    group.add_argument("--lr", type=float)
-    group.add_argument("--weight-decay", type=float)
-    group.add_argument("--use-focal-loss", action="store_true", default=None,
-                       help="BlazeFace: focal loss instead of BCE")
-    group.add_argument("--focal-alpha", type=float)
-    group.add_argument("--focal-gamma", type=float)
-    group.add_argument("--detection-weight", type=float, help="weight of the box regression loss")
-    group.add_argument("--classification-weight", type=float)
-    group.add_argument("--hard-negative-ratio", type=float, help="mined negatives per positive anchor")
-    group.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--num-workers", type=int)
-    group.add_argument("--checkpoint-dir")
-    group.add_argument("--log-dir", help="TensorBoard folder")
-    group.add_argument("--resume", help="checkpoint to resume from")
-    group.add_argument("--no-auto-resume", action="store_true", help="start fresh even if a checkpoint exists")
-
-
-def detection_config(detector: str | None, config_path, flag_overrides: dict | None = None,
-                     set_items=(), args: argparse.Namespace | None = None) -> dict:
-    """The effective config of a detector: its defaults ← the YAML ← flags ← ``--set``. The detector is
-    ``detector`` if given, else the YAML's ``detector`` key, else BlazeFace."""
-    if detector is None:
-        detector = (load_yaml(config_path).get("detector") if config_path else None) or "blazeface"
-    overrides = {"detector": detector}
-    if args is not None:
-        overrides.update({key: getattr(args, flag, None) for flag, key in SHARED_FLAG_KEYS.items()})
-        overrides["data.format"] = "csv" if getattr(args, "csv_format", False) else None
-        overrides["model.pretrained"] = getattr(args, "pretrained", None)
-        overrides["output.auto_resume"] = False if getattr(args, "no_auto_resume", False) else None
-        for flag, (owner, key) in DETECTOR_FLAG_KEYS.items():
-            value = getattr(args, flag, None)
-            if value is not None and owner != detector:
-                raise ConfigError(f"--{flag.replace('_', '-')} applies to {owner} only, not {detector}")
-            overrides[key] = value
-    overrides.update(flag_overrides or {})
-    return build_config(_part(detector, 1), config_path, overrides, set_items)
-
-
-def run_detection_training(cfg: dict):
-    return _part(cfg["detector"], 2)(cfg)
-
-
-def detector_from_config(cfg: dict, device: str):
-    return _part(cfg["detector"], 3)(cfg, str(resolve_device(device)))
+def detection_grid(images: torch.Tensor, targets: list[dict], detections, min_score: float = 0.5) -> torch.Tensor:
+    """(3, H, W) uint8 grid of the images with ground truth (green) and detections scoring ≥ ``min_score`` (red)."""
+    drawn = []
+    for image, target, found in zip(images, targets, detections):
+        confident = found[found.scores >= min_score]
+        for boxes, colour in ((target["boxes"], "lime"), (confident.boxes, "red")):
+            if len(boxes):
+                image = draw_bounding_boxes(image, boxes, colors=colour, width=1)
+        drawn.append(image)
+    return make_grid(drawn, nrow=4)

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy.io import loadmat
+from tqdm import tqdm
 
 from common.errors import UserError
+from common.io import read_image
 from common.metrics import voc_ap
 
 SETTINGS = ("easy", "medium", "hard")
@@ -239,10 +241,6 @@ def format_prediction(image_name: str, boxes_xyxy: np.ndarray, scores: np.ndarra
 def write_predictions(detector, images_dir: str | Path, out_dir: str | Path, images: list[WiderImage]) -> int:
     """Run ``detector`` on ``images_dir/<event>/<image>.jpg`` (WIDER_val/images) and write the prediction folder;
     returns the number of images."""
-    from tqdm import tqdm
-
-    from common.io import read_image
-
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     first = images_dir / images[0].event / f"{images[0].name}.jpg"
     if not first.is_file():
@@ -254,29 +252,3 @@ def write_predictions(detector, images_dir: str | Path, out_dir: str | Path, ima
         path.write_text(format_prediction(f"{image.name}.jpg", detections.boxes.numpy(), detections.scores.numpy()),
                         encoding="utf-8")
     return len(images)
-
-
-def run_wider_benchmark(args) -> WiderResult:
-    """``evaluate.py --benchmark wider``: optionally detect ``--images`` into ``--predictions``, then score it."""
-    import json
-
-    gt_dir = Path(args.wider_gt) if args.wider_gt else DEFAULT_GROUND_TRUTH
-    images = load_ground_truth(gt_dir)
-    results = {"benchmark": "wider", "predictions": str(args.predictions), "ground_truth": str(gt_dir)}
-    if args.images:
-        from detection.training import default_config_path, detection_config, detector_from_config
-
-        # AP needs the low-scoring detections too: --score-threshold replaces the config's inference threshold.
-        cfg = detection_config(args.detector, args.config or default_config_path(args.detector),
-                               {"model.weights": args.weights, "inference.tile_zooms": args.tile_zooms,
-                                "inference.score_threshold": args.score_threshold})
-        write_predictions(detector_from_config(cfg, args.device), args.images, args.predictions, images)
-        results.update(detector=args.detector, weights=str(cfg["model"].get("weights")), inference=cfg["inference"])
-    result = evaluate_folder(args.predictions, gt_dir, args.iou)
-    for setting in SETTINGS:
-        print(f"{setting:<6} AP = {result.ap[setting]:.4f}  ({result.faces[setting]} faces)")
-    results.update(ap={s: round(result.ap[s], 4) for s in SETTINGS}, faces=result.faces, iou=args.iou)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2), encoding="utf-8")
-    return result

@@ -23,7 +23,7 @@ from common.errors import InputError
 from common.checkpoint import CheckpointError, load_checkpoint, model_state_from_file
 from common.config import ConfigError, save_config
 from common.engine import Trainer, init_distributed, is_main_process, resolve_device
-from common.registry import build_detector, build_embedder, build_model
+from common.registry import EMBEDDERS, build_model
 from embedding.align import ARCFACE_TEMPLATE_112, scaled_template
 from embedding.data import (ALIGN_MODES, DEFAULT_AUGMENTATION, IdentityFolderDataset, PKSampler, cache_folder,
                             collate_chips, lfw_fold_identities, prepare_chips, scan_identity_folders,
@@ -88,7 +88,7 @@ def build_backbone(model_cfg: dict) -> nn.Module:
 def chip_conventions(model_cfg: dict) -> tuple[Alignment, list[float], list[float]]:
     """(alignment, mean, std) training uses: the registered embedder's, or the defaults at model.chip_size."""
     if model_cfg["embedder"]:
-        embedder = build_embedder(model_cfg["embedder"], weights=None, device="cpu")
+        embedder = EMBEDDERS.get(model_cfg["embedder"])(weights=None, device="cpu")
         alignment = embedder.alignment
         if model_cfg["chip_size"] not in (None, alignment.size):
             raise ConfigError(f"model.chip_size {model_cfg['chip_size']} differs from the {model_cfg['embedder']} "
@@ -122,9 +122,10 @@ def _distributed_rank() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def prepare_data(cfg: dict, alignment: Alignment, device: torch.device, show_progress: bool = True):
+def prepare_data(cfg: dict, alignment: Alignment, device: torch.device, show_progress: bool = True,
+                 detector_factory=None):
     """(train chips, val chips) as {identity: chip paths}. Rank 0 makes missing chips; the others wait, then
-    read the same cache."""
+    read the same cache. ``data.align: mtcnn`` finds the faces with ``detector_factory(device)``."""
     data = cfg["data"]
     if data["align"] not in ALIGN_MODES:
         raise ConfigError(f"data.align must be one of {', '.join(ALIGN_MODES)}, got {data['align']!r}")
@@ -134,7 +135,12 @@ def prepare_data(cfg: dict, alignment: Alignment, device: torch.device, show_pro
     chips = report = None
     for turn in (0, 1):  # rank 0 prepares first; the others then find every chip made
         if (rank == 0) == (turn == 0):
-            detector = build_detector("mtcnn", device=str(device)) if data["align"] == "mtcnn" and rank == 0 else None
+            detector = None
+            if data["align"] == "mtcnn" and rank == 0:
+                if detector_factory is None:
+                    raise ConfigError("data.align: mtcnn needs a face detector; train through train.py (or "
+                                      "pipeline.train_embedder), which supplies MTCNN")
+                detector = detector_factory(str(device))
             chips, report = prepare_chips(pool, cache, data["align"], alignment, data["crop_fraction"], detector,
                                           show_progress=show_progress and rank == 0)
         if dist.is_initialized() and turn == 0:
@@ -259,7 +265,8 @@ def alignment_from_record(record: dict, path) -> Alignment:
     return alignment
 
 
-def run_embedding_training(cfg: dict) -> list[dict]:
+def run_embedding_training(cfg: dict, detector_factory=None) -> list[dict]:
+    """Train an embedder; ``detector_factory(device)`` gives the photo detector ``data.align: mtcnn`` aligns with."""
     device = resolve_device(cfg["train"]["device"])
     init_distributed(device)
     rank, world_size = _distributed_rank()
@@ -270,7 +277,7 @@ def run_embedding_training(cfg: dict) -> list[dict]:
         raise ConfigError(f"train.batch_size {tcfg['batch_size']} must be a multiple of data.images_per_identity "
                           f"{k} (batches are P identities × K images)")
     alignment, mean, std = chip_conventions(cfg["model"])
-    train_chips, val_chips = prepare_data(cfg, alignment, device)
+    train_chips, val_chips = prepare_data(cfg, alignment, device, detector_factory=detector_factory)
     augmentation = data["augmentation"] if data["augment"] else None
     train_set = IdentityFolderDataset(train_chips, augmentation, seed=tcfg["seed"])
     sampler = PKSampler(train_set.labels, tcfg["batch_size"] // k, k, seed=tcfg["seed"], rank=rank,

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from common.detections import Detections
-from matching.attendance import (QUALITY_DEFAULTS, PhotoMarks, assign, calibrate_unknown_threshold,
-                                 check_enrollment_photo, merge_session, plausible_landmarks, roster_warnings)
-from matching.attendance_report import write_html
-from matching.attendance_service import check_student_name
-from matching.gallery import AttendanceDB, GalleryError, Mark
+from classroom.database import AttendanceDB, GalleryError, Mark
+from classroom.enrolment import QUALITY_DEFAULTS, check_enrollment_photo, plausible_landmarks, roster_warnings
+from classroom.report import write_html
+from classroom.service import check_student_name
+from classroom.session import PhotoMarks, merge_session
+from matching.identification import assign, calibrate_unknown_threshold
 from tests.conftest import ROOT, shared_path
 
 
@@ -107,7 +108,7 @@ def test_a_session_merges_photos_present_if_seen_in_any():
 # ---------------------------------------------------------------- enrolment checks
 @pytest.fixture(scope="module")
 def mtcnn_and_alignment():
-    from common.registry import build_detector
+    from pipeline import build_detector
     from embedding.embedder import Alignment
     from embedding.align import scaled_template
     return build_detector("mtcnn"), Alignment(150, tuple(map(tuple, scaled_template(150))))
@@ -201,7 +202,7 @@ def test_html_escapes_names(tmp_path):
 
 def test_demo_enrolment_retakes_rejected_photos_and_replaces_people_without_one(tmp_path):
     from types import SimpleNamespace
-    from matching.attendance_demo import enroll_class
+    from classroom.demo import enroll_class
     people = {name: [tmp_path / f"{name}_{number}.jpg" for number in range(1, count + 1)]
               for name, count in (("Ann", 4), ("Bob", 3), ("Cid", 3), ("Dee", 5))}
     for photos in people.values():
@@ -242,7 +243,7 @@ def _run(*args, cwd=ROOT):
 
 @pytest.mark.slow
 def test_enroll_mark_report_on_lfw_photos(tmp_path):
-    from matching.attendance_demo import compose_class_photo
+    from classroom.demo import compose_class_photo
     lfw = shared_path("data", "lfw", "deepfunneled")
     people = ["Colin_Powell", "Gloria_Macapagal_Arroyo", "Jean_Chretien", "Tony_Blair"]
     roster = tmp_path / "roster"

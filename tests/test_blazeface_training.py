@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from common.config import build_config
-from detection.blazeface.training import BLAZEFACE_DEFAULTS, run_blazeface_training
+from detection.blazeface.config import BLAZEFACE_DEFAULTS
+from detection.blazeface.training import run_blazeface_training
 from tests.blazeface_data import write_face_crops
 from tests.conftest import ROOT, shared_path
 

@@ -92,9 +92,9 @@ def test_infer_bad_inputs_are_clear_errors(tmp_path, weights):
 
 def test_detections_landmarks_lie_near_faces(weights):
     from common.io import read_image
-    from common.registry import build_detector
+    from detection.blazeface.detector import blazeface_detector
 
-    detector = build_detector("blazeface", weights=str(weights), score_threshold=0.75, tile_zooms=(1, 2, 4))
+    detector = blazeface_detector(weights=str(weights), score_threshold=0.75, tile_zooms=(1, 2, 4))
     image = read_image(shared_path("data", "faces_in_photos", "compreface", "010_2.jpg"))
     detections = detector.detect([image])[0]
     assert len(detections) == 2

@@ -26,7 +26,7 @@ import train
 from common.checkpoint import load_checkpoint
 from common.cli import EXIT_USAGE, run_cli
 from common.engine import NonFiniteLossError, Trainer, make_loader
-from matching.gallery import AttendanceDB, Mark
+from classroom.database import AttendanceDB, Mark
 from tests.blazeface_data import write_face_crops
 from tests.conftest import ROOT, shared_path
 
@@ -264,7 +264,7 @@ def test_kill_9_during_training_then_the_rerun_resumes(tmp_path, crops_csv):
 KILL_INSIDE_TRANSACTION = """
 import os, signal, sys
 import numpy as np
-from matching.gallery import AttendanceDB, Mark
+from classroom.database import AttendanceDB, Mark
 path, operation, prefix, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 db = AttendanceDB(path)
 seen = []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.io import read_image
-from common.registry import build_detector, build_embedder
+from pipeline import build_detector, build_embedder
 from embedding.align import warp_chips
 from embedding.dlib_landmarks import (LandmarkerAlignment, default_landmarker_file, dlib_chip_matrices,
                                       load_shape_predictor, read_shape_predictor)

@@ -12,7 +12,8 @@ import torch
 
 from common.checkpoint import CheckpointError
 from common.io import read_image
-from common.registry import build_detector, build_embedder, build_model
+from common.registry import build_model
+from pipeline import build_detector, build_embedder
 from embedding.align import fit_similarity
 from embedding.dlib_serial import DlibReader
 from embedding.dlib_resnet import (DLIB_INPUT_MEAN, DLIB_INPUT_SCALE, DLIB_TEMPLATE_150, INPUT_SIZE, DlibFormatError,

@@ -17,7 +17,7 @@ import yaml
 
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.io import read_image
-from common.registry import _MODELS, register_model
+from common.registry import MODELS, register_model
 from embedding.data import (DEFAULT_AUGMENTATION, DatasetError, IdentityFolderDataset, PKSampler, prepare_chips, read_lfw_people_folds,
                             lfw_fold_identities, scan_identity_folders)
 from embedding.embedder import Alignment
@@ -46,7 +46,7 @@ class TinyEmbeddingNet(nn.Module):
         return self.project(self.features(images))
 
 
-if TINY_MODEL not in _MODELS:
+if TINY_MODEL not in MODELS:
     register_model(TINY_MODEL)(TinyEmbeddingNet)
 
 
@@ -376,7 +376,7 @@ def test_train_cli_rejects_detection_flags_and_unknown_keys(tmp_path):
     path.write_text(yaml.safe_dump({"stage": "embedding", "loss": {"marign": 0.3}}), encoding="utf-8")
     with pytest.raises(ConfigError, match="Did you mean 'margin'"):
         train.main(["--stage", "embedding", "--config", str(path)])
-    with pytest.raises(ConfigError, match="--variant apply to --stage detection only"):
+    with pytest.raises(ConfigError, match="--variant do not apply to --stage embedding"):
         train.main(["--stage", "embedding", "--variant", "front"])
     assert EMBEDDING_DEFAULTS["stage"] == "embedding"
     for name in ("embedding_facenet.yaml", "embedding_mobilefacenet.yaml"):

@@ -11,11 +11,12 @@ import torch.nn as nn
 
 import evaluate
 from common.detections import Detections
-from common.registry import available_embedders, build_embedder, register_embedder
+from common.registry import register_embedder
+from pipeline import build_embedder, list_embedders
 from embedding.align import scaled_template
 from embedding.embedder import Alignment, Embedder
-from matching import benchmark
-from matching.embed_images import embed_images, fallback_box, jitter_chips
+from pipeline import verification as benchmark
+from pipeline.embed_images import embed_images, fallback_box, jitter_chips
 from matching.protocol import read_lfw_pairs
 from tests.conftest import shared_path
 
@@ -36,7 +37,7 @@ def _random_conv_embedder(weights=None, device="cpu") -> Embedder:
                     device=device)
 
 
-if TEST_EMBEDDER not in available_embedders():
+if TEST_EMBEDDER not in list_embedders():
     register_embedder(TEST_EMBEDDER)(_random_conv_embedder)
 
 
@@ -153,7 +154,7 @@ def test_refuses_a_fold_the_embedder_was_trained_on():
 def test_evaluate_cli_refuses_before_embedding(tmp_path, monkeypatch, capsys):
     root = shared_path("data", "lfw")
     fold1 = sorted({pair.identity_x for pair in read_lfw_pairs(root / "pairs.txt", root) if pair.fold == 0})
-    monkeypatch.setattr(benchmark, "_identity_reader", lambda: (lambda path: fold1[:2]))
+    monkeypatch.setattr(benchmark, "checkpoint_identities", lambda path: fold1[:2])
     weights = tmp_path / "model.pt"
     weights.write_bytes(b"")
     code = evaluate.run_cli(evaluate.main, ["--benchmark", "lfw", "--embedder", TEST_EMBEDDER, "--weights",
@@ -216,7 +217,7 @@ def test_align_flag_is_dlib_resnets(capsys):
 @pytest.mark.slow
 def test_dlib_embedder_on_lfw_with_limit(tmp_path):
     root = shared_path("data", "lfw")
-    if "dlib_resnet" not in available_embedders():
+    if "dlib_resnet" not in list_embedders():
         pytest.skip("the dlib_resnet embedder is not registered")
     try:
         build_embedder("dlib_resnet")

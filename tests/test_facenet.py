@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from common.checkpoint import CheckpointError
 from common.io import read_image
-from common.registry import build_embedder, build_model
+from common.registry import build_model
+from pipeline import build_embedder
 from embedding import facenet
 from embedding.align import margin_crop, scaled_template
 from tests.conftest import shared_path

@@ -11,7 +11,9 @@ import torch
 from common.config import ConfigError
 from common.detections import Detections
 from fusion.calibration import ScoreCalibrator, labelled_scores
-from fusion.detector import FUSION_DEFAULTS, FusionDetector, TiledDetector, fusion_from_config
+from fusion.detector import FusionDetector, TiledDetector
+from pipeline import fusion_from_config
+from pipeline.config import PIPELINE_DEFAULTS
 from fusion.merge import FusionSettings, fuse, soft_nms_scores
 from tests.conftest import ROOT, shared_path
 
@@ -128,7 +130,7 @@ def test_fused_detector_merges_per_photo_and_times_each_detector():
 
 
 def test_pipeline_config_errors_name_the_problem():
-    cfg = {**FUSION_DEFAULTS, "detection": {**FUSION_DEFAULTS["detection"], "detectors": ["retina"]}}
+    cfg = {**PIPELINE_DEFAULTS, "detection": {**PIPELINE_DEFAULTS["detection"], "detectors": ["retina"]}}
     with pytest.raises(ConfigError, match="detection.retina"):
         fusion_from_config(cfg, "cpu")
     cfg["detection"] = {**cfg["detection"], "detectors": []}
@@ -139,7 +141,7 @@ def test_pipeline_config_errors_name_the_problem():
 @pytest.mark.slow
 def test_fused_ap_on_dlib_testing_is_at_least_the_best_single_detector():
     from detection.evaluation import evaluate_detector, load_benchmark
-    from detection.training import default_config_path, detection_config, detector_from_config
+    from pipeline import default_config_path, detection_config, detector_from_config
 
     items = load_benchmark(shared_path("data", "detection", "dlib_faces", "testing.xml"))
     ap = {}

@@ -9,7 +9,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.checkpoint import CheckpointError, save_checkpoint
-from common.registry import build_embedder, build_model
+from common.registry import build_model
+from pipeline import build_embedder
 from embedding import mobilefacenet
 from embedding.align import ARCFACE_TEMPLATE_112
 

@@ -125,9 +125,9 @@ def test_our_weight_files_load_in_every_layout(tmp_path):
 
 
 def test_detector_is_registered_and_checks_its_arguments():
-    from common.registry import build_detector
+    from detection.mtcnn.detector import mtcnn_detector
 
-    detector = build_detector("mtcnn", score_threshold=0.05, nms_iou=0.3, tile_zooms=[1])
+    detector = mtcnn_detector(score_threshold=0.05, nms_iou=0.3, tile_zooms=[1])
     assert isinstance(detector, MTCNNDetector)
     with pytest.raises(ValueError, match="tile-zooms 1"):
         mtcnn_detector(tile_zooms=[1, 2, 4])

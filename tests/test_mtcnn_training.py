@@ -15,7 +15,8 @@ from detection.mtcnn.loss import MTCNNLoss, classification_metrics
 from detection.mtcnn.model import load_pretrained_mtcnn, normalize
 from detection.mtcnn.targets import (LANDMARK, NEGATIVE, NEGATIVE_IOU, PART, PART_IOU, POSITIVE, POSITIVE_IOU,
                                      STAGE_INPUT_SIZES, MTCNNSampleDataset, decode_boxes, flip_shift, generate_samples)
-from detection.mtcnn.training import (MTCNN_DEFAULTS, NET_CLASSES, cascade_proposer, load_weights_file,
+from detection.mtcnn.config import MTCNN_DEFAULTS
+from detection.mtcnn.training import (NET_CLASSES, cascade_proposer, load_weights_file,
                                       run_mtcnn_training)
 from tests.conftest import ROOT, shared_path
 
@@ -203,14 +204,15 @@ def test_loss_rejects_unflattened_pnet_maps():
 
 
 def test_flags_map_to_config_keys_and_the_shipped_config_loads(tmp_path):
-    from detection.training import add_detection_flags, detection_config
+    from pipeline.config import detection_config
+    from pipeline.flags import add_detection_flags, detection_overrides
 
     parser = argparse.ArgumentParser()
     add_detection_flags(parser)
     args = parser.parse_args(["--mtcnn-stage", "rnet", "--epochs", "3", "--lr", "0.01", "--pretrained",
                               "--no-auto-resume", "--train-data", "a.xml", "--checkpoint-dir", str(tmp_path)])
     yaml_path = ROOT / "configs" / "detection_mtcnn.yaml"
-    cfg = detection_config(None, yaml_path, args=args)  # train.py's path: the YAML names the detector
+    cfg = detection_config("mtcnn", yaml_path, detection_overrides(args, "mtcnn"))  # train.py's path
     assert cfg["mtcnn"]["stage"] == "rnet" and cfg["train"]["epochs"] == 3 and cfg["train"]["lr"] == 0.01
     assert cfg["model"]["pretrained"] is True and cfg["output"]["auto_resume"] is False
     assert cfg["data"]["train"] == "a.xml" and cfg["output"]["checkpoint_dir"] == str(tmp_path)
@@ -304,18 +306,18 @@ def test_each_net_overfits_real_crops(stage, tmp_path, train_xml, annotations):
 def test_fine_tuning_facenet_weights_keeps_cascade_ap(tmp_path, train_xml):
     """Three short stages of fine-tuning from facenet-pytorch's weights on the 4 training photos keep the cascade's
     AP@0.5 on dlib testing.xml (25 faces) within 2 points of the imported weights' AP."""
-    from common.registry import build_detector
+    from detection.mtcnn.detector import mtcnn_detector
     from detection.evaluation import evaluate_detector, load_benchmark
 
     pytest.importorskip("facenet_pytorch")
     test_items = load_benchmark(shared_path(*DLIB, "testing.xml"))
-    before = evaluate_detector(build_detector("mtcnn", device="cpu"), test_items).ap
+    before = evaluate_detector(mtcnn_detector(device="cpu"), test_items).ap
     assert before >= 0.9  # the imported cascade sees these faces (measured 1.0)
     cfg = config(tmp_path, **{"data.train": str(train_xml), "data.val": str(shared_path(*DLIB, "testing.xml")),
                               "mtcnn.sampling": {}, "model.pretrained": True, "train.epochs": 3,
                               "train.batch_size": 128, "train.lr": 1e-4})
     histories = run_mtcnn_training(cfg)
-    after = evaluate_detector(build_detector("mtcnn", weights=str(tmp_path / "ckpt" / "mtcnn.pth"), device="cpu"),
+    after = evaluate_detector(mtcnn_detector(weights=str(tmp_path / "ckpt" / "mtcnn.pth"), device="cpu"),
                               test_items).ap
     last = histories["onet"][-1]
     print(f"cascade AP@0.5 on testing.xml: imported {before:.3f}, fine-tuned {after:.3f}; O-Net val accuracy "

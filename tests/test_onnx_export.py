@@ -18,13 +18,16 @@ import torch.nn.functional as F
 
 from bench.bench_embedders import LFW_FACE_BOX, lfw_photo_paths
 from common.config import project_path
-from common.export import OnnxRunner, cached_export, net_spec, network_slots, networks_of, use_onnxruntime
-from common.export import main as export_main
+from common.errors import InputError
+from common.export import OnnxRunner, cached_export, net_spec, network_slots, use_onnxruntime
 from common.io import read_image
-from common.registry import available_embedders, available_models, build_embedder, build_model
+from common.registry import DETECTORS, build_model
 from detection.blazeface.detector import normalize as blazeface_normalize
 from detection.retinaface.detector import preprocess as retinaface_preprocess
-from detection.training import DETECTORS, default_config_path, detection_config, detector_from_config
+from pipeline import (build_embedder, default_config_path, detection_config, detector_from_config, list_embedders,
+                      list_models)
+from pipeline.export import main as export_main
+from pipeline.export import networks_of
 from embedding.align import margin_crop
 from embedding.dlib_resnet import DLIB_INPUT_MEAN, DLIB_INPUT_SCALE
 from tests.conftest import shared_path
@@ -106,7 +109,7 @@ def _params(names: list[str]) -> list:
     return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in ours]
 
 
-@pytest.mark.parametrize("name", _params(available_models()))
+@pytest.mark.parametrize("name", _params(list_models()))
 def test_network_outputs_match_torch(name, photos, cache):
     network = _network(name)
     spec = net_spec(network)
@@ -144,7 +147,7 @@ def _detector(name: str):
     return detector_from_config(cfg, "cpu")
 
 
-@pytest.mark.parametrize("name", [name for name in DETECTORS if name != "fusion"])
+@pytest.mark.parametrize("name", DETECTORS.names())
 def test_detections_match_torch(name, photos, cache):
     """The whole detector (pre-processing, tiles or pyramid, post-processing) with its networks swapped."""
     detector = _detector(name)
@@ -174,7 +177,7 @@ def test_fusion_detectors_networks_are_all_swapped(cache):
         assert not any(isinstance(value, torch.nn.Module) for value in vars(detector).values())
 
 
-@pytest.mark.parametrize("name", _params(available_embedders()))
+@pytest.mark.parametrize("name", _params(list_embedders()))
 def test_embeddings_match_torch(name, cache):
     shared_path("data", "lfw", "pairs.txt")
     torch.manual_seed(0)
@@ -221,7 +224,7 @@ def test_export_command_writes_a_detectors_networks(tmp_path, capsys):
 
 
 def test_export_errors_name_what_exists(tmp_path):
-    with pytest.raises(KeyError, match=r"nothing to export called 'mtcnnn'.*mtcnn_pnet"):
+    with pytest.raises(InputError, match=r"nothing to export called 'mtcnnn'.*mtcnn_pnet"):
         networks_of("mtcnnn")
     with pytest.raises(FileNotFoundError, match=r"missing\.onnx"):
         OnnxRunner(tmp_path / "missing.onnx")

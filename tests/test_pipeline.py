@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import common.pipeline as pipeline_module
+import pipeline.training as pipeline_module
 from common.detections import Detections
-from common.pipeline import PIPELINE_DEFAULTS, Pipeline, StageFailed, pipeline_config, run_pipeline_training
+from pipeline import FacePipeline, pipeline_config
+from pipeline.config import PIPELINE_DEFAULTS
+from pipeline.training import StageFailed, run_pipeline_training
 from embedding.align import scaled_template
 from embedding.embedder import Alignment, Embedder
 from tests.conftest import ROOT
@@ -25,7 +27,7 @@ def test_pipeline_detects_aligns_and_embeds_with_timings():
     embedder = Embedder("tiny", torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(8)),
                         Alignment(32, tuple(map(tuple, scaled_template(32)))), mean=(127.5,) * 3, std=(128.0,) * 3,
                         weights_hash="random")
-    faces = Pipeline(OneFace(), embedder).process(np.random.default_rng(0).integers(0, 255, (120, 120, 3), np.uint8))
+    faces = FacePipeline(OneFace(), embedder).process(np.random.default_rng(0).integers(0, 255, (120, 120, 3), np.uint8))
     assert faces.chips.shape == (1, 32, 32, 3) and faces.embeddings.shape == (1, 8)
     assert torch.allclose(faces.embeddings.norm(dim=1), torch.ones(1))
     assert set(faces.timings) == {"detect", "align", "embed"}
@@ -46,7 +48,7 @@ def test_chain_runs_in_order_skips_finished_stages_and_resumes_at_a_failure(tmp_
             if stage == "matching":  # the next stage reads the previous one's outputs from the manifest
                 assert manifest["embedding"]["outputs"] == {"weights": "emb.pth"}
             if fail.get(stage):
-                raise RuntimeError("disk full")
+                raise OSError("disk full")
             return {"weights": "emb.pth"} if stage == "embedding" else {}
         return run
 

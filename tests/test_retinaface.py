@@ -18,7 +18,7 @@ from detection.retinaface.detector import load_weights, retinaface_detector
 from detection.retinaface.loss import RetinaFaceLoss
 from detection.retinaface.postprocess import RetinaFacePostprocessor
 from detection.retinaface.targets import FLAVORS, RetinaFaceAnchors, RetinaFaceTargetBuilder
-from detection.training import default_config_path, detection_config, detector_from_config
+from pipeline import default_config_path, detection_config, detector_from_config
 from tests.conftest import shared_path
 
 CHECKPOINT = ("models", "retinaface", "mobilenet0.25_Final.pth")
@@ -228,7 +228,7 @@ def test_infer_cli_with_retinaface(tmp_path):
 def test_overfit_a_few_real_photos(tmp_path):
     """From scratch on 8 dlib face crops (no augmentation, validated on the same crops): loss falls tenfold,
     AP@0.5 rises from ~0 to ≥ 0.9."""
-    from detection.training import run_detection_training
+    from pipeline.training import train_detector
     from tests.blazeface_data import write_face_crops
 
     torch.set_num_threads(1)
@@ -240,7 +240,7 @@ def test_overfit_a_few_real_photos(tmp_path):
         "train.lr": 5e-3, "train.num_workers": 0, "train.device": "cpu", "train.checkpoint_every": 1000,
         "output.checkpoint_dir": str(tmp_path / "checkpoints"), "output.log_dir": str(tmp_path / "logs"),
         "output.auto_resume": False})
-    history = run_detection_training(cfg)
+    history = train_detector(cfg)
     first, last = history[0], history[-1]
     assert first["val/ap50"] < 0.1
     assert last["val/ap50"] >= 0.9, last

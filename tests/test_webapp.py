@@ -16,9 +16,9 @@ import pytest
 pytest.importorskip("fastapi", reason="the web app needs fastapi (requirements.txt)")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from matching.attendance_service import attendance_config  # noqa: E402
-from matching.gallery import MIGRATIONS, SCHEMA, AttendanceDB, GalleryError, Mark  # noqa: E402
-from matching.webapp import create_app  # noqa: E402
+from classroom.service import attendance_config  # noqa: E402
+from classroom.database import MIGRATIONS, SCHEMA, AttendanceDB, GalleryError, Mark  # noqa: E402
+from classroom.webapp import create_app  # noqa: E402
 from tests.conftest import ROOT, shared_path  # noqa: E402
 
 EMBEDDER = "stub-embedder"
@@ -183,7 +183,7 @@ def test_an_older_database_is_migrated_and_a_newer_one_refused(tmp_path):
 # ---------------------------------------------------------------- the workflow with the real pipeline
 def lfw_class_photo(lfw: Path, path: Path) -> Path:
     """A 1280x720 class photo of two enrolled students (Colin_Powell, Jean_Chretien) and a stranger."""
-    from matching.attendance_demo import compose_class_photo
+    from classroom.demo import compose_class_photo
     people = [lfw / name / f"{name}_0010.jpg" for name in (ENROLLED[0], ENROLLED[2], STRANGER)]
     canvas, _ = compose_class_photo(people, (1280, 720), np.random.default_rng(1))
     cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))

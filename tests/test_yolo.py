@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from common.config import ConfigError
-from common.registry import build_detector
+from detection.yolo.detector import yolo_detector
 from detection.data.dataset import FaceDetectionDataset, collate_detection
 from detection.data.readers import FaceAnnotation, read_annotations
-from detection.training import detection_config
+from pipeline import detection_config
 from detection.yolo.model import YoloFace
 from detection.yolo.mosaic import MosaicDataset
 from detection.yolo.postprocess import YoloPostprocessor
@@ -236,8 +236,8 @@ def test_pseudo_label_training_caches_labels_and_resumes(tmp_path, monkeypatch):
     assert train.main([*common, "--epochs", "2"]) == 0
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
-    detector = build_detector("yolo", weights=run / "yolo_last.pth", device="cpu", score_threshold=0.0)
+    detector = yolo_detector(weights=run / "yolo_last.pth", device="cpu", score_threshold=0.0)
     found = detector.detect([cv2.cvtColor(cv2.imread(str(photos / "010_2.jpg")), cv2.COLOR_BGR2RGB)])[0]
     assert found.landmarks.shape[1:] == (5, 2)
     with pytest.raises(ValueError, match="does not fit YoloFace"):
-        build_detector("yolo", weights=run / "yolo_last.pth", width=0.5)
+        yolo_detector(weights=run / "yolo_last.pth", width=0.5)

@@ -11,12 +11,15 @@ from common.config import ConfigError
 from common.boxes import weighted_nms
 from common.checkpoint import model_state_from_file
 from common.detections import Detections
-from common.registry import build_model, register_detector
-from common.tiling import drop_cut_faces, make_tiles
+from common.registry import build_model
+from common.tiling import detect_on_tiles
 from detection.blazeface.model import BlazeFace, fuse_batchnorm
 from detection.blazeface.postprocess import BlazeFacePostprocessor
 from detection.blazeface.targets import BlazeFaceAnchors
 from detection.data.dataset import letterbox
+
+
+TILE_OVERLAP = 0.25  # of a tile's side, shared with its neighbours
 
 
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -68,21 +71,17 @@ class BlazeFaceDetector:
         """RGB uint8 (H, W, 3) photos → one ``Detections`` each, in photo pixels."""
         if self.tile_zooms == (1,):
             return self._run(list(images))
-        results = []
-        for image in images:
-            height, width = image.shape[:2]
-            tiles = make_tiles(height, width, self.tile_zooms)
-            per_tile = self._run([image[y1:y2, x1:x2] for x1, y1, x2, y2 in tiles])
-            found = Detections.cat([drop_cut_faces(d.scaled(1, 1, x1, y1), (x1, y1, x2, y2), height, width)
-                                    for d, (x1, y1, x2, y2) in zip(per_tile, tiles)])
-            boxes, scores, landmarks = weighted_nms(found.boxes, found.scores, self.nms_iou, found.landmarks)
-            results.append(Detections(boxes, scores, landmarks))
-        return results
+        return [detect_on_tiles(image, self.tile_zooms, TILE_OVERLAP, lambda crops, _: self._run(crops), self._merge)
+                for image in images]
+
+    def _merge(self, parts: list[Detections]) -> Detections:
+        found = Detections.cat(parts)
+        boxes, scores, landmarks = weighted_nms(found.boxes, found.scores, self.nms_iou, found.landmarks)
+        return Detections(boxes, scores, landmarks)
 
     __call__ = detect
 
 
-@register_detector("blazeface")
 def blazeface_detector(weights: str | Path | None = None, variant: str = "front", device: str = "cpu",
                        score_threshold: float = 0.5, nms_iou: float = 0.3, batch_size: int = 64,
                        tile_zooms: Sequence[int] = (1,)) -> BlazeFaceDetector:

@@ -6,40 +6,14 @@ import torch
 
 from common.config import ConfigError, existing_path
 from common.engine import init_distributed, resolve_device
-from common.registry import build_detector, build_model
+from common.registry import build_model
 from detection.blazeface.detector import load_weights, normalize
 from detection.blazeface.loss import BlazeFaceLoss, anchor_metrics
 from detection.blazeface.postprocess import BlazeFacePostprocessor
 from detection.blazeface.targets import BlazeFaceAnchors, BlazeFaceTargetBuilder
-from detection.data.dataset import (DEFAULT_AUGMENTATION, FaceDetectionDataset, detection_grid, fit_detector,
-                                    validation_metrics)
+from detection.data.dataset import FaceDetectionDataset
+from detection.training import detection_grid, fit_detector, validation_metrics
 from detection.data.readers import read_train_val
-
-BLAZEFACE_DEFAULTS = {
-    "stage": "detection",
-    "detector": "blazeface",
-    # freeze_batchnorm: null = frozen when starting from weights (see BlazeFace.train), else trained
-    "model": {"variant": "front", "pretrained": False, "weights": None, "freeze_batchnorm": None},
-    "data": {"format": "auto", "train": None, "val": None, "root": None, "val_fraction": 0.2, "split_seed": 42,
-             "augment": True, "augmentation": dict(DEFAULT_AUGMENTATION)},
-    "loss": {"use_focal_loss": False, "focal_alpha": 0.25, "focal_gamma": 2.0, "detection_weight": 150.0,
-             "keypoint_weight": 50.0, "classification_weight": 35.0, "hard_negative_ratio": 3.0,
-             "huber_delta": 0.1, "positive_iou": 0.5, "negative_iou": 0.35},
-    "train": {"epochs": 500, "batch_size": 32, "lr": 1e-4, "weight_decay": 1e-4, "grad_clip": 10.0,
-              "num_workers": 4, "device": "auto", "seed": 0, "amp": True, "checkpoint_every": 10},
-    "eval": {"score_threshold": 0.05, "nms_iou": 0.3},
-    # infer.py / evaluate.py on whole photos; zooms > 1 add overlapping tiles for small faces (common/tiling.py).
-    # Tiles give false positives more chances: on the CompreFace photos true faces score >= 0.82 and false
-    # positives <= 0.71 with zooms 1 2 4, hence 0.75 rather than MediaPipe's whole-photo 0.5.
-    "inference": {"score_threshold": 0.75, "nms_iou": 0.3, "tile_zooms": [1, 2, 4]},
-    "output": {"checkpoint_dir": "checkpoints", "log_dir": "logs", "resume": None, "auto_resume": True},
-}
-
-def blazeface_from_config(cfg: dict, device: str):
-    """The photo detector a config describes (infer.py / evaluate.py)."""
-    return build_detector("blazeface", weights=existing_path(cfg["model"]["weights"]), variant=cfg["model"]["variant"],
-                          device=device, **cfg["inference"])
-
 
 def load_datasets(cfg: dict, input_size: int):
     data = cfg["data"]

@@ -24,7 +24,6 @@ from common.config import ConfigError
 from common.boxes import batched_nms
 from common.checkpoint import CheckpointError, model_state_from_file
 from common.detections import Detections
-from common.registry import register_detector
 from detection.mtcnn.model import ONET_SIZE, RNET_SIZE, ONet, PNet, RNet, load_pretrained_mtcnn, normalize
 from detection.mtcnn.postprocess import (AreaSampler, calibrate, crop_regions, decode_landmarks,
                                          min_overlap_nms, pnet_boxes, pyramid_level_size, pyramid_scales,
@@ -230,7 +229,6 @@ def load_mtcnn_weights(weights: str | Path | None) -> tuple[PNet, RNet, ONet]:
     return tuple(nets)
 
 
-@register_detector("mtcnn")
 def mtcnn_detector(weights: str | Path | None = None, device: str = "cpu", score_threshold: float | None = None,
                    min_face: float = 20, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                    factor: float = PYRAMID_FACTOR, max_side: int | None = None,

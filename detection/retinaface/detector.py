@@ -12,8 +12,8 @@ from common.config import ConfigError
 from common.boxes import nms
 from common.checkpoint import CheckpointError, model_state_from_file, state_mismatch
 from common.detections import Detections
-from common.registry import build_model, register_detector
-from common.tiling import drop_cut_faces, make_tiles, pad_to_multiple, resize_by
+from common.registry import build_model
+from common.tiling import detect_on_tiles, pad_to_multiple, resize_by
 from detection.retinaface.model import RetinaFace
 from detection.retinaface.postprocess import RetinaFacePostprocessor
 from detection.retinaface.targets import INPUT_MULTIPLE, RetinaFaceAnchors, flavor_of
@@ -79,24 +79,25 @@ class RetinaFaceDetector:
         """RGB uint8 (H, W, 3) photos → one ``Detections`` each, in photo pixels, by decreasing score."""
         results = []
         for image in images:
-            height, width = image.shape[:2]
-            base = self.long_side / max(height, width) if self.long_side else 1.0
-            parts = [self._run(image, base * scale) for scale in self.scales]
-            for zoom in self.tile_zooms:
-                for tile in make_tiles(height, width, [zoom], self.tile_overlap):
-                    x1, y1, x2, y2 = tile
-                    found = self._run(image[y1:y2, x1:x2], base * zoom).scaled(1, 1, x1, y1)
-                    parts.append(drop_cut_faces(found, tile, height, width))
-            merged = Detections.cat(parts)
-            if len(parts) > 1:
-                merged = merged[nms(merged.boxes, merged.scores, self.nms_iou)]
-            results.append(merged)
+            base = self.long_side / max(image.shape[:2]) if self.long_side else 1.0
+
+            def detect_crops(crops: list[np.ndarray], zooms: list[int]) -> list[Detections]:
+                # zoom 1 is the whole photo, at every scale; a zoomed tile is enlarged by its zoom
+                return [Detections.cat([self._run(crop, base * scale) for scale in self.scales]) if zoom == 1
+                        else self._run(crop, base * zoom) for crop, zoom in zip(crops, zooms)]
+
+            results.append(detect_on_tiles(image, (1, *self.tile_zooms), self.tile_overlap, detect_crops, self._merge))
         return results
+
+    def _merge(self, parts: list[Detections]) -> Detections:
+        merged = Detections.cat(parts)
+        if len(parts) > 1 or len(self.scales) > 1:
+            merged = merged[nms(merged.boxes, merged.scores, self.nms_iou)]
+        return merged
 
     __call__ = detect
 
 
-@register_detector("retinaface")
 def retinaface_detector(weights: str | Path | None = None, backbone: str = "mobilenet0.25", flavor: str = "1mb",
                         device: str = "cpu", score_threshold: float = 0.5, nms_iou: float = 0.4,
                         long_side: int | None = 640,

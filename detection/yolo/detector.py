@@ -10,7 +10,7 @@ import torch
 from common.config import ConfigError
 from common.checkpoint import CheckpointError, model_state_from_file, state_mismatch
 from common.detections import Detections
-from common.registry import build_model, register_detector
+from common.registry import build_model
 from common.tiling import pad_to_multiple, resize_by
 from detection.yolo.model import YoloFace
 from detection.yolo.postprocess import YoloPostprocessor
@@ -66,7 +66,6 @@ class YoloDetector:
     __call__ = detect
 
 
-@register_detector("yolo")
 def yolo_detector(weights: str | Path | None = None, width: float = 0.25, depth: float = 0.33, device: str = "cpu",
                   score_threshold: float = 0.5, nms_iou: float = 0.45, long_side: int | None = 640) -> YoloDetector:
     if weights is None:

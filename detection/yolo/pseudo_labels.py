@@ -1,7 +1,8 @@
 """Teacher → student labels: the fused pretrained detectors label unlabelled photos, cached in the run folder.
 
-The teacher is the fusion detector of ``teacher_config`` (configs/pipeline.yaml: BlazeFace + MTCNN, calibrated,
-weighted box fusion), with RetinaFace added when ``add_retinaface`` is set and its weights exist. Every face the
+The teacher is injected (``pipeline.training.teacher_from_config`` builds the fusion detector of
+``teacher_config``, configs/pipeline.yaml: BlazeFace + MTCNN, calibrated, weighted box fusion, with RetinaFace
+added when ``add_retinaface`` is set and its weights exist). Every face the
 teacher finds scoring at least ``ignore_threshold`` is cached with its score, so the thresholds can change without
 relabelling; faces scoring ``keep_threshold`` or more become training faces, those in between ``ignore`` regions
 (neither face nor background). With three teachers and weighted box fusion a face seen by one of them scores about
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.config import ConfigError, project_path
+from common.config import ConfigError
 from common.io import IMAGE_EXTENSIONS, list_images, read_image
 from detection.data.readers import NUM_LANDMARKS, FaceAnnotation
 
@@ -51,27 +52,6 @@ def collect_images(sources: list, max_images: int = 0, seed: int = 42) -> list[P
     return ordered
 
 
-def teacher_from_config(section: dict):
-    """(fused photo detector, names of its detectors) as ``section`` (the config's ``pseudo``) describes."""
-    from common.pipeline import pipeline_config
-    from detection.retinaface.training import resolve_weights
-    from detection.training import detection_config
-    from fusion.detector import DETECTOR_ENTRY, fusion_from_config
-
-    cfg = pipeline_config(project_path(section["teacher_config"]), section["teacher_set"])
-    names = cfg["detection"]["detectors"]
-    if section["add_retinaface"] and "retinaface" not in names:
-        retinaface = detection_config("retinaface", project_path(section["retinaface_config"]))
-        try:
-            resolve_weights(retinaface["model"]["weights"])
-        except FileNotFoundError as error:
-            tqdm.write(f"teacher without RetinaFace: {error}")
-        else:
-            cfg["detection"]["retinaface"] = {**DETECTOR_ENTRY, "config": section["retinaface_config"]}
-            names.append("retinaface")
-    return fusion_from_config(cfg, section["device"]), list(names)
-
-
 def _write_cache(path: Path, teacher: list[str], labels: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(path.suffix + ".tmp")
@@ -89,14 +69,14 @@ def read_cache(path: Path) -> tuple[list[str] | None, dict]:
         raise ConfigError(f"{path} is not a pseudo-label cache ({error}); delete it to relabel") from None
 
 
-def pseudo_label(paths: list[Path], section: dict, cache_path: Path, teacher_factory=None) -> dict:
+def pseudo_label(paths: list[Path], section: dict, cache_path: Path, teacher_factory) -> dict:
     """{image path: [{"box", "score", "landmarks"}, ...]} for ``paths``, from the cache where it has them and from
-    the teacher (``teacher_factory(section)``, default ``teacher_from_config``; built only when some photo is
-    missing) for the rest."""
+    the teacher ``teacher_factory(section)`` → (photo detector, its detectors' names), built only when some photo
+    is missing, for the rest."""
     cached_teacher, labels = read_cache(cache_path)
     missing = [path for path in paths if str(path) not in labels]
     if missing:
-        teacher, names = (teacher_factory or teacher_from_config)(section)
+        teacher, names = teacher_factory(section)
         if cached_teacher is not None and cached_teacher != names:
             raise ConfigError(f"{cache_path} was labelled by {cached_teacher}, the teacher is now {names}; delete "
                               "it (or set pseudo.cache to another file) to relabel")

@@ -10,50 +10,18 @@ import torch.distributed as dist
 
 from common.config import ConfigError, existing_path
 from common.engine import init_distributed, is_main_process, resolve_device
-from common.registry import build_detector, build_model
-from detection.data.dataset import (DEFAULT_AUGMENTATION, FaceDetectionDataset, detection_grid, fit_detector,
-                                    validation_metrics)
+from common.registry import build_model
+from detection.data.dataset import FaceDetectionDataset
+from detection.training import detection_grid, fit_detector, validation_metrics
 from detection.data.readers import read_train_val, split_by_image
+from detection.yolo.config import NAME
 from detection.yolo.detector import load_weights, preprocess
 from detection.yolo.loss import YoloLoss
-from detection.yolo.mosaic import MOSAIC_DEFAULTS, MosaicDataset
+from detection.yolo.mosaic import MosaicDataset
 from detection.yolo.postprocess import YoloPostprocessor
-from detection.yolo.pseudo_labels import (PSEUDO_DEFAULTS, PSEUDO_LABEL_SOURCES, annotations_from_labels,
+from detection.yolo.pseudo_labels import (PSEUDO_LABEL_SOURCES, annotations_from_labels,
                                           collect_images, pseudo_label)
 from detection.yolo.targets import INPUT_MULTIPLE, SimOTAAssigner
-
-NAME = "yolo"
-
-YOLO_DEFAULTS = {
-    "stage": "detection",
-    "detector": "yolo",
-    # width/depth: channel and block-depth multipliers (0.25/0.33 ≈ YOLOX-nano); weights: a checkpoint to load for
-    # inference, or to start training from with pretrained: true
-    "model": {"width": 0.25, "depth": 0.33, "pretrained": False, "weights": "runs/yolo/checkpoints/yolo_best.pth"},
-    # pseudo_labels: null = train on the annotation files (train/val); "fusion" = label the photos of ``images``
-    # (folders or files) with the teacher of the ``pseudo`` section; max_images > 0 keeps a seeded subset
-    "data": {"format": "auto", "train": None, "val": None, "root": None, "val_fraction": 0.1, "split_seed": 42,
-             "augment": True, "augmentation": dict(DEFAULT_AUGMENTATION), "mosaic": dict(MOSAIC_DEFAULTS),
-             "pseudo_labels": None, "images": [], "max_images": 0},
-    "pseudo": dict(PSEUDO_DEFAULTS),
-    "loss": {"box_weight": 5.0, "obj_weight": 1.0, "landmark_weight": 1.0, "center_radius": 2.5,
-             "candidate_topk": 10, "iou_weight": 3.0},
-    "train": {"input_size": 416, "epochs": 30, "batch_size": 16, "lr": 2e-3, "weight_decay": 5e-4,
-              "warmup_epochs": 1, "min_lr_ratio": 0.05, "grad_clip": 10.0, "num_workers": 2, "device": "auto",
-              "seed": 0, "amp": True, "checkpoint_every": 10},
-    "eval": {"score_threshold": 0.02, "nms_iou": 0.45},
-    "inference": {"score_threshold": 0.5, "nms_iou": 0.45, "long_side": 640},
-    "output": {"checkpoint_dir": "runs/yolo/checkpoints", "log_dir": "runs/yolo/logs", "resume": None,
-               "auto_resume": True},
-}
-
-
-def yolo_from_config(cfg: dict, device: str):
-    """The photo detector a config describes (infer.py / evaluate.py)."""
-    model = cfg["model"]
-    return build_detector(NAME, weights=existing_path(model["weights"]), width=model["width"], depth=model["depth"],
-                          device=device, **cfg["inference"])
-
 
 class YoloTask:
     """The YOLO pieces the trainer calls: one training step, validation, and image grids."""
@@ -98,23 +66,27 @@ def warmup_cosine(epochs: int, warmup_epochs: int, min_lr_ratio: float):
     return factor
 
 
-def training_annotations(cfg: dict):
-    """(train, val) annotations: the files of ``data``, or the teacher's pseudo-labels cached in the run folder."""
+def training_annotations(cfg: dict, teacher_factory=None):
+    """(train, val) annotations: the files of ``data``, or the pseudo-labels of the teacher ``teacher_factory(cfg[
+    "pseudo"])`` builds, cached in the run folder."""
     data = cfg["data"]
     if data["pseudo_labels"] is None:
         return read_train_val(data)
     if data["pseudo_labels"] not in PSEUDO_LABEL_SOURCES:
         raise ConfigError(f"data.pseudo_labels must be null or one of {', '.join(PSEUDO_LABEL_SOURCES)}, "
                           f"got {data['pseudo_labels']!r}")
+    if teacher_factory is None:
+        raise ConfigError("data.pseudo_labels needs a teacher: train through train.py (or pipeline.train_detector), "
+                          "which supplies the fused detectors")
     pseudo = cfg["pseudo"]
     paths = collect_images(data["images"], data["max_images"], data["split_seed"])
     cache = Path(cfg["output"]["checkpoint_dir"]) / pseudo["cache"]
     # under torchrun the first process labels; the others wait, then read its cache
-    labels = pseudo_label(paths, pseudo, cache) if is_main_process() else None
+    labels = pseudo_label(paths, pseudo, cache, teacher_factory) if is_main_process() else None
     if dist.is_initialized():
         dist.barrier()
     if labels is None:
-        labels = pseudo_label(paths, pseudo, cache)
+        labels = pseudo_label(paths, pseudo, cache, teacher_factory)
     annotations = annotations_from_labels(labels, pseudo["keep_threshold"], pseudo["ignore_threshold"])
     faces = sum(int((~a.ignore).sum()) for a in annotations)
     print(f"pseudo-labels: {faces} faces (score >= {pseudo['keep_threshold']}) in {len(annotations)} photos")
@@ -133,7 +105,9 @@ def build_yolo_model(cfg: dict) -> torch.nn.Module:
     return model
 
 
-def run_yolo_training(cfg: dict) -> list[dict]:
+def run_yolo_training(cfg: dict, teacher_factory=None) -> list[dict]:
+    """Train YOLO; ``teacher_factory(pseudo_section) -> (photo detector, names)`` labels ``data.images`` when
+    ``data.pseudo_labels`` is set."""
     tcfg = cfg["train"]
     if tcfg["input_size"] % INPUT_MULTIPLE:
         raise ConfigError(f"train.input_size must be a multiple of {INPUT_MULTIPLE}, got {tcfg['input_size']}")
@@ -141,7 +115,7 @@ def run_yolo_training(cfg: dict) -> list[dict]:
     init_distributed(device)
     torch.manual_seed(tcfg["seed"])
     model = build_yolo_model(cfg)
-    train, val = training_annotations(cfg)
+    train, val = training_annotations(cfg, teacher_factory)
     augmentation = cfg["data"]["augmentation"] if cfg["data"]["augment"] else None
     train_set = MosaicDataset(train, tcfg["input_size"], augmentation, cfg["data"]["mosaic"], seed=tcfg["seed"])
     val_set = FaceDetectionDataset(val, tcfg["input_size"], None)

@@ -15,11 +15,12 @@ from tqdm import tqdm
 from common.errors import InputError
 from common.config import build_config, project_path
 from common.io import ImageReadError, list_images, read_image
-from common.pipeline import pipeline_config, pipeline_from_config
-from matching.attendance import (QUALITY_DEFAULTS, PhotoMarks, assign, calibrate_unknown_threshold,
-                                 check_enrollment_photo, merge_session, roster_warnings, student_scores)
-from matching.attendance_report import annotate, write_csv, write_html, write_json
-from matching.gallery import AttendanceDB, GalleryError, Mark
+from classroom.database import AttendanceDB, GalleryError, Mark
+from classroom.enrolment import QUALITY_DEFAULTS, check_enrollment_photo, roster_warnings
+from classroom.report import annotate, write_csv, write_html, write_json
+from classroom.session import PhotoMarks, merge_session
+from matching.identification import assign, calibrate_unknown_threshold, student_scores
+from pipeline import pipeline_config, pipeline_from_config
 
 ATTENDANCE_DEFAULTS = {
     "pipeline": "configs/pipeline.yaml",

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 
 from common.errors import InputError, UserError
 from common.io import IMAGE_EXTENSIONS, ImageReadError, read_image
-from matching.attendance_service import (RATE_FIELDS, RATES_PNG, AttendanceService, MarkResult, annotated_name,
+from classroom.service import (RATE_FIELDS, RATES_PNG, AttendanceService, MarkResult, annotated_name,
                                          attendance_rates, check_student_name, default_database, iso_date, plot_rates,
                                          rates_title)
 

@@ -22,8 +22,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from classroom.report import annotate
+from classroom.service import AttendanceService
 from common.config import ConfigError
 from common.io import read_image
+from matching.protocol import lfw_image_dir
+from pipeline.verification import DEFAULT_LFW_ROOT
 
 FACE_CROP = (40, 30, 210, 220)  # x1, y1, x2, y2 of a 250-px LFW photo kept for the class photo: head and neck
 SCALE_RANGE = (0.55, 1.0)       # of the crop's size in a canvas cell
@@ -32,8 +36,6 @@ SCALE_RANGE = (0.55, 1.0)       # of the crop's size in a canvas cell
 def find_lfw(lfw_root: str | None) -> Path:
     """The LFW image folder: the given root, ../shared/data/lfw, or scikit-learn's download (with its progress);
     a clear message when none is reachable."""
-    from matching.benchmark import DEFAULT_LFW_ROOT
-    from matching.protocol import lfw_image_dir
     root = Path(lfw_root) if lfw_root else DEFAULT_LFW_ROOT
     if root.is_dir():
         return lfw_image_dir(root)
@@ -152,7 +154,6 @@ def _class_errors(index: int, present: list[str], absent: list[str], who: list[s
 
 
 def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, verbose: bool = False) -> dict:
-    from matching.attendance_service import AttendanceService
 
     demo = cfg["demo"]
     classes = classes or demo["classes"]
@@ -200,7 +201,6 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
                                               if owner is not None and who[owner] is None)
             errors.extend(_class_errors(index, present, absent, who, marked, marks, gallery.names, threshold))
             if index == 0:
-                from matching.attendance_report import annotate
                 cv2.imwrite(str(out / "class0_annotated.jpg"), annotate(canvas, marks, gallery.names))
     finally:
         service.close()

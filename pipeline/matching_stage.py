@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from common.config import ConfigError, build_config, project_path, save_config
-from matching.embed_images import DEFAULT_CACHE_DIR, embed_images
 from matching.protocol import lfw_image_dir, read_lfw_pairs, read_pairs_csv
 from matching.verifier import CLASSIFIERS, METRICS, build_verifier
+from pipeline.build import build_detector, build_embedder
+from pipeline.embed_images import DEFAULT_CACHE_DIR, embed_images
 
 VERIFIER_KINDS = ("threshold", "classifier")
 
@@ -33,22 +34,6 @@ MATCHING_DEFAULTS = {
                  "hidden": [64], "max_iter": 1000},
     "output": {"path": "runs/matching/verifier.joblib"},
 }
-
-
-# train.py flags that set a matching key; every other flag of train.py belongs to another stage.
-MATCHING_FLAG_KEYS = {"device": "embedder.device", "detector": "detector"}
-TRAIN_PY_OWN = ("stage", "config", "set")
-
-
-def matching_config_from_args(args) -> dict:
-    """The config of ``train.py --stage matching``: YAML ← --device/--detector ← --set; other flags are errors."""
-    foreign = [name for name, value in vars(args).items()
-               if name not in TRAIN_PY_OWN and name not in MATCHING_FLAG_KEYS and value not in (None, False)]
-    if foreign:
-        raise ConfigError(f"{', '.join('--' + name.replace('_', '-') for name in foreign)} do not apply to --stage "
-                          "matching (set matching keys in the YAML or with --set, e.g. --set embedder.name=facenet)")
-    return matching_config(args.config, args.set, {key: getattr(args, name, None)
-                                                   for name, key in MATCHING_FLAG_KEYS.items()})
 
 
 def matching_config(config_path=None, set_items=(), flag_overrides: dict | None = None) -> dict:
@@ -83,14 +68,11 @@ def embed_pairs(pairs, embedder, detector, cfg) -> tuple[np.ndarray, np.ndarray,
 
 def run_matching_training(cfg: dict) -> dict:
     """Fit the configured verifier on ``data.pairs``, score ``data.test_pairs``, save verifier + config + figures."""
-    from common.registry import build_detector
-    from matching.benchmark import build_embedder_for
-
     data = cfg["data"]
     lfw_root, images = project_path(data["lfw_root"]), project_path(data["images"])
     train_pairs = load_pair_file(project_path(data["pairs"]), lfw_root, images)
-    embedder = build_embedder_for(cfg["embedder"]["name"], cfg["embedder"]["weights"], cfg["embedder"]["device"],
-                                  cfg["embedder"]["flip"])
+    embedder = build_embedder(cfg["embedder"]["name"], cfg["embedder"]["weights"], cfg["embedder"]["device"],
+                              cfg["embedder"]["flip"])
     detector = build_detector(cfg["detector"], device=cfg["embedder"]["device"])
     options = cfg["verifier"]
     verifier = build_verifier(options["kind"], metric=options["metric"], classifier=options["classifier"],

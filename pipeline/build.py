@@ -1,0 +1,143 @@
+"""The composition root: the one place that builds detectors and embedders from a name and a config.
+
+``infer.py``, every ``evaluate.py`` benchmark, the training stages, YOLO's pseudo-label teacher and the classroom
+product all build through here. Importing this module imports the ``detection`` and ``embedding`` packages, which
+register their detectors, embedders and networks (``common.registry``); the fused detector (``fusion``) is
+composed here from the detectors the pipeline config names.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+import detection  # noqa: F401  (registers every detector)
+import embedding  # noqa: F401  (registers every embedder)
+from common.checkpoint import CheckpointError
+from common.config import ConfigError, project_path
+from common.engine import resolve_device
+from common.registry import DETECTORS, EMBEDDERS, MODELS
+from detection.retinaface.config import resolve_weights
+from embedding.embedder import Embedder
+from embedding.training import embedder_from_checkpoint, training_identities
+from fusion.calibration import ScoreCalibrator
+from fusion.detector import FusionDetector, TiledDetector
+from fusion.merge import FusionSettings
+from pipeline.config import DETECTOR_ENTRY, FUSION, default_config_path, detection_config, pipeline_config
+
+
+def list_detectors() -> list[str]:
+    """Every detector name ``build_detector`` takes, ``fusion`` (the pipeline config's detectors merged) included."""
+    return sorted([*DETECTORS.names(), FUSION])
+
+
+def list_embedders() -> list[str]:
+    return EMBEDDERS.names()
+
+
+def list_models() -> list[str]:
+    """Every registered network (``common.registry.build_model``)."""
+    return MODELS.names()
+
+
+def detector_from_config(cfg: dict, device: str = "cpu"):
+    """The photo detector (``detect(list of RGB uint8 arrays) -> list[Detections]``) a detector config describes."""
+    build = fusion_from_config if cfg["detector"] == FUSION else DETECTORS.get(cfg["detector"]).from_config
+    return build(cfg, str(resolve_device(device)))
+
+
+def build_detector(name: str, config: str | Path | None = None, device: str = "cpu", set_items: Sequence[str] = (),
+                   **overrides):
+    """A ready photo detector: ``name``'s config (``config``, default ``configs/detection_<name>.yaml`` or
+    ``configs/pipeline.yaml`` for ``fusion``) with ``overrides`` (dotted keys, e.g.
+    ``**{"inference.score_threshold": 0.5}``) and ``set_items`` (``key=value`` strings) on top."""
+    if name != FUSION:
+        DETECTORS.get(name)  # an unknown name is refused before its config file is looked for
+    cfg = detection_config(name, config if config is not None else default_config_path(name), overrides, set_items)
+    return detector_from_config(cfg, device)
+
+
+def checkpoint_identities(weights) -> set[str] | None:
+    """The identities a checkpoint of our embedding training saw, or None for other weights (published ones)."""
+    try:
+        return training_identities(weights)
+    except CheckpointError:
+        return None
+
+
+def build_embedder(name: str, weights: str | Path | None = None, device: str = "cpu", flip: bool = False,
+                   align: str | None = None) -> Embedder:
+    """The embedder ``name`` with ``weights`` (None: its published weights); a checkpoint of our embedding training
+    is loaded as the network it records. ``flip``: test-time flip (each face embedded with its mirror image);
+    ``align``: dlib_resnet's chip alignment (its default if None)."""
+    EMBEDDERS.get(name)
+    if weights is not None and checkpoint_identities(weights):
+        embedder = embedder_from_checkpoint(weights, str(resolve_device(device)))
+    else:
+        embedder = EMBEDDERS.get(name)(weights=weights, device=str(resolve_device(device)),
+                                       **({"align": align} if align else {}))
+    embedder.flip = flip
+    return embedder
+
+
+# ---------------------------------------------------------------- the fused detector
+
+def fused_detector_config(name: str, entry: dict, calibrating: bool = False) -> dict:
+    """The config of one of the fused detectors: its own config file with the entry's ``set`` items, and while
+    fitting score calibration its ``calibration_set`` (thresholds loose enough to make misses)."""
+    if name == FUSION or name not in DETECTORS:
+        raise ConfigError(f"detection.detectors: unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    config = entry["config"]
+    path = project_path(config) if config else default_config_path(name)
+    loose = DETECTORS.get(name).calibration_set if calibrating else ()
+    return detection_config(name, path, set_items=[*entry["set"], *loose])
+
+
+def fused_entries(cfg: dict) -> dict[str, dict]:
+    """detector name → its entry (config, set, weight, calibration) in the pipeline config's detection section."""
+    section = cfg["detection"]
+    names = section["detectors"]
+    if not names:
+        raise ConfigError("detection.detectors is empty: name at least one detector to fuse")
+    missing = [name for name in names if name not in section]
+    if missing:
+        raise ConfigError(f"detection.detectors names {', '.join(missing)} but the config has no detection."
+                          f"{missing[0]} section; add one like detection.blazeface")
+    return {name: section[name] for name in names}
+
+
+def fusion_settings(cfg: dict, weights: list[float] | None = None) -> FusionSettings:
+    return FusionSettings(**cfg["detection"]["fusion"], weights=weights)
+
+
+def fusion_from_config(cfg: dict, device: str):
+    """The fused (and, with tile zooms, tiled) photo detector a pipeline config describes."""
+    entries = fused_entries(cfg)
+    detectors = {name: detector_from_config(fused_detector_config(name, entry), device)
+                 for name, entry in entries.items()}
+    calibrators = {name: ScoreCalibrator.load(project_path(entry["calibration"]))
+                   for name, entry in entries.items() if entry["calibration"]}
+    settings = fusion_settings(cfg, [entry["weight"] for entry in entries.values()])
+    inference = cfg["inference"]
+    fused = FusionDetector(detectors, settings, calibrators, inference["score_threshold"])
+    zooms = inference["tile_zooms"]
+    return fused if tuple(zooms) == (1,) else TiledDetector(fused, zooms, settings, inference["tile_overlap"])
+
+
+def teacher_from_config(section: dict):
+    """YOLO's pseudo-label teacher: (fused photo detector, names of its detectors) as ``section`` (the YOLO
+    config's ``pseudo``) describes — the fusion of ``teacher_config``, with RetinaFace added when
+    ``add_retinaface`` is set and its weights exist."""
+    cfg = pipeline_config(project_path(section["teacher_config"]), section["teacher_set"])
+    names = cfg["detection"]["detectors"]
+    if section["add_retinaface"] and "retinaface" not in names:
+        retinaface = detection_config("retinaface", project_path(section["retinaface_config"]))
+        try:
+            resolve_weights(retinaface["model"]["weights"])
+        except FileNotFoundError as error:
+            tqdm.write(f"teacher without RetinaFace: {error}")
+        else:
+            cfg["detection"]["retinaface"] = {**DETECTOR_ENTRY, "config": section["retinaface_config"]}
+            names.append("retinaface")
+    return fusion_from_config(cfg, section["device"]), list(names)
