@@ -49,8 +49,8 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name not in self._items:
             close = difflib.get_close_matches(str(name), self._items, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} Registered: {', '.join(self.names())}")
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; choose from {', '.join(self.names())}{hint}")
         return self._items[name]
 
     def names(self) -> list[str]:
