@@ -20,6 +20,7 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from common.errors import InputError
 from common.config import ConfigError
 from common.checkpoint import CheckpointError, model_state_from_file
 from common.registry import register_embedder, register_model
@@ -146,7 +147,7 @@ def load_mobilefacenet(weights: str | Path | None = None, embedding_dim: int | N
         raise CheckpointError(f"{path} is not a MobileFaceNet state_dict or checkpoint (no {EMBEDDING_WEIGHT_KEY!r})")
     model = MobileFaceNet(int(state[EMBEDDING_WEIGHT_KEY].shape[0]))
     if embedding_dim is not None and embedding_dim != model.embedding_dim:
-        raise CheckpointError(f"{path} holds a {model.embedding_dim}-d MobileFaceNet, not {embedding_dim}-d")
+        raise InputError(f"{path} holds a {model.embedding_dim}-d MobileFaceNet, not {embedding_dim}-d")
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

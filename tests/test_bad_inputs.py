@@ -992,8 +992,7 @@ def _(env):
 
 @case("demo_lfw_root_missing", "attendance", EXIT_USAGE, "error naming the folder", "no_lfw does not exist")
 def _(env):
-    return ["demo", "--lfw-root", str(env.tmp / "no_lfw"), "--classes", "1", "--out", str(env.tmp / "demo"),
-            "--db", str(env.tmp / "demo.sqlite")], None
+    return ["demo", "--lfw-root", str(env.tmp / "no_lfw"), "--classes", "1", "--out", str(env.tmp / "demo")], None
 
 
 # ==================================================================== the runner

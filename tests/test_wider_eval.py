@@ -146,8 +146,9 @@ def test_evaluate_cli_scores_a_folder(wider_dirs, tmp_path):
 
     out = tmp_path / "wider.json"
     assert evaluate.main(["--benchmark", "wider", "--predictions", str(wider_dirs[1]), "--wider-gt",
-                          str(wider_dirs[0]), "--out", str(out)]) == 0
+                          str(wider_dirs[0]), "--out", str(out), "--plot", str(tmp_path / "wider.png")]) == 0
     assert json.loads(out.read_text())["ap"] == {s: round(v, 4) for s, v in EXPECTED.items()}
+    assert (tmp_path / "wider.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # --plot: the three settings' curves
 
 
 def test_ground_truth_scored_as_predictions():

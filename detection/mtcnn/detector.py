@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.errors import InputError
 from common.config import ConfigError
 from common.boxes import batched_nms
-from common.checkpoint import CheckpointError, model_state_from_file
+from common.checkpoint import model_state_from_file
 from common.detections import Detections
 from detection.mtcnn.model import ONET_SIZE, RNET_SIZE, ONet, PNet, RNet, load_pretrained_mtcnn, normalize
 from detection.mtcnn.postprocess import (AreaSampler, calibrate, crop_regions, decode_landmarks,
@@ -216,7 +217,7 @@ def load_mtcnn_weights(weights: str | Path | None) -> tuple[PNet, RNet, ONet]:
     state = model_state_from_file(weights)
     missing = [net for net in ("pnet", "rnet", "onet") if not isinstance(state, dict) or net not in state]
     if missing:
-        raise CheckpointError(f"MTCNN weights {weights} must hold the keys pnet, rnet, onet (what MTCNN training "
+        raise InputError(f"MTCNN weights {weights} must hold the keys pnet, rnet, onet (what MTCNN training "
                          f"writes); missing {', '.join(missing)}")
     nets = []
     for name, cls in (("pnet", PNet), ("rnet", RNet), ("onet", ONet)):

@@ -23,7 +23,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn as nn
 
-from common.checkpoint import CheckpointError
+from common.errors import InputError
 from common.registry import register_model
 
 INPUT_MEAN = 127.5
@@ -153,7 +153,7 @@ def convert_facenet_state_dict(state_dict: Dict[str, torch.Tensor], net: str) ->
     for key, value in state_dict.items():
         prefix, _, param = key.rpartition(".")
         if prefix not in prefixes:
-            raise CheckpointError(f"unexpected key {key!r} in facenet-pytorch {net} weights; known layers: "
+            raise InputError(f"unexpected key {key!r} in facenet-pytorch {net} weights; known layers: "
                            f"{', '.join(prefixes)}")
         if net in _FLATTENED and prefix == _FLATTENED[net][0] and param == "weight":
             channels, height, width = _FLATTENED[net][1]

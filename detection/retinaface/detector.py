@@ -8,9 +8,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from common.errors import InputError
 from common.config import ConfigError
 from common.boxes import nms
-from common.checkpoint import CheckpointError, model_state_from_file, state_mismatch
+from common.checkpoint import model_state_from_file, state_mismatch
 from common.detections import Detections
 from common.registry import build_model
 from common.tiling import detect_on_tiles, pad_to_multiple, resize_by
@@ -40,7 +41,7 @@ def load_weights(model: RetinaFace, weights: str | Path) -> RetinaFace:
     state = {key.removeprefix("module."): value for key, value in state.get("state_dict", state).items()}
     mismatch = state_mismatch(model.state_dict(), state)
     if mismatch:
-        raise CheckpointError(f"{path} does not fit RetinaFace ({model.backbone}): {mismatch}; is it the other backbone?")
+        raise InputError(f"{path} does not fit RetinaFace ({model.backbone}): {mismatch}; is it the other backbone?")
     model.load_state_dict(state)
     return model
 

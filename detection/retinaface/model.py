@@ -14,8 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from common.errors import InputError
 from common.config import ConfigError
-from common.checkpoint import CheckpointError, model_state_from_file
+from common.checkpoint import model_state_from_file
 from common.registry import register_model
 
 NUM_LEVELS = 3
@@ -180,7 +181,7 @@ def load_backbone_weights(model: RetinaFace, path: str | Path) -> RetinaFace:
     usable = {k: v for k, v in state.items() if k in wanted}
     missing = sorted(set(wanted) - set(usable))
     if missing:
-        raise CheckpointError(f"{path}: not {model.backbone} ImageNet weights; missing {len(missing)} backbone keys, "
+        raise InputError(f"{path}: not {model.backbone} ImageNet weights; missing {len(missing)} backbone keys, "
                          f"e.g. {missing[:3]}")
     model.body.load_state_dict(usable)
     return model

@@ -7,8 +7,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from common.errors import InputError
 from common.config import ConfigError
-from common.checkpoint import CheckpointError, model_state_from_file, state_mismatch
+from common.checkpoint import model_state_from_file, state_mismatch
 from common.detections import Detections
 from common.registry import build_model
 from common.tiling import pad_to_multiple, resize_by
@@ -33,7 +34,7 @@ def load_weights(model: YoloFace, weights: str | Path) -> YoloFace:
     state = model_state_from_file(path)
     mismatch = state_mismatch(model.state_dict(), state)
     if mismatch:
-        raise CheckpointError(f"{path} does not fit YoloFace(width={model.width}, depth={model.depth}): {mismatch}; "
+        raise InputError(f"{path} does not fit YoloFace(width={model.width}, depth={model.depth}): {mismatch}; "
                          "set model.width / model.depth to those it was trained with")
     model.load_state_dict(state)
     return model
