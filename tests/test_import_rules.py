@@ -3,6 +3,7 @@ table below (the architecture issue's), and a failure names the file and the lin
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,30 @@ def test_a_violation_is_named_with_file_and_line(tmp_path):
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
 def test_every_layer_exists(layer):
     assert (ROOT / layer).is_dir() or (ROOT / f"{layer}.py").is_file()
+
+
+def measured_edges() -> set[tuple[str, str]]:
+    """(importer, imported) package pairs as the code has them; the four CLIs count as one node, "CLIs"."""
+    edges = set()
+    for path in checked_files():
+        layer = layer_of(path)
+        for _, module in project_imports(path):
+            target = module.split(".")[0]
+            if target != layer:
+                edges.add(("CLIs" if layer in CLIS else layer, target))
+    return edges
+
+
+def readme_edges() -> set[tuple[str, str]]:
+    """The arrows of the README's mermaid picture of the package imports (``A --> b & c``)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index("```mermaid"):]
+    block = block[:block.index("```", 3)]
+    edges = set()
+    for source, targets in re.findall(r"^\s*(\w+)(?:\[.*?\])?\s*-->\s*(.+)$", block, re.M):
+        edges |= {(source, target.strip()) for target in targets.split("&")}
+    return edges
+
+
+def test_readme_picture_shows_the_measured_imports():
+    assert readme_edges() == measured_edges()

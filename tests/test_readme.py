@@ -1,0 +1,28 @@
+"""The README's Python example runs as shown, on a real photo, and prints what its comments say."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT, shared_path
+
+
+def python_example() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Python\n"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_python_example_runs_on_a_real_photo():
+    shared_path("data", "detection", "dlib_faces", "2008_002470.jpg")  # skips without ../shared
+    code = python_example()
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    promised = re.findall(r"^print\(list_\w+\(\)\)\s+# (.*)$", code, re.M)
+    assert lines[:2] == promised  # the registered names, as the comments say
+    faces = [line for line in lines[2:] if line.startswith("[") and "(150, 150, 3) (128,)" in line]
+    assert faces, result.stdout  # at least one face with its chip and embedding
+    count, shape = re.fullmatch(r"(\d+) \((\d+), 128\)", lines[-1]).groups()
+    assert int(count) == int(shape) >= len(faces) - 1  # MTCNN's faces, each embedded
