@@ -25,6 +25,7 @@ from bench.bench_blazeface import best_seconds, keep_freed_memory_in_heap
 from common.io import read_image
 from embedding import facenet, mobilefacenet
 from embedding.align import box_crop_landmarks, margin_crop, margin_crop_windows
+from pipeline import build_detector
 
 LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw"
 LFW_PHOTO_SIDE = 250
@@ -98,8 +99,6 @@ def bench(threads: int, batch: int, repeats: int) -> dict:
 def measure_template(count: int, size: int = facenet.INPUT_SIZE, margin: float = 0.0) -> dict:
     """Mean MTCNN landmarks inside facenet-pytorch's ``size``-px ``margin`` box crop, over ``count`` LFW photos
     (the face nearest each photo's centre): the template that ``facenet.FACENET_TEMPLATE_160`` records."""
-    from pipeline import build_detector
-
     photos = [read_image(path) for path in lfw_photo_paths(count)]
     points = []
     for photo, found in zip(photos, build_detector("mtcnn", device="cpu").detect(photos)):

@@ -2,7 +2,7 @@
 
 An ``Embedder`` couples a network with how its chips must be made (``Alignment``) and normalised, and names
 itself by (model, weights hash, alignment) so embeddings can be cached across runs. Build one by name:
-``build_embedder("facenet", weights=..., device="cpu")``.
+``pipeline.build_embedder("facenet", weights=..., device="cpu")`` (each embedder module registers its factory).
 """
 from __future__ import annotations
 

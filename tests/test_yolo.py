@@ -213,7 +213,7 @@ def test_cached_labels_become_faces_and_ignore_regions(tmp_path):
 @pytest.mark.slow
 def test_pseudo_label_training_caches_labels_and_resumes(tmp_path, monkeypatch):
     import train
-    from detection.yolo import pseudo_labels
+    from pipeline import training
 
     shared_path("models", "retinaface", "mobilenet0.25_Final.pth")  # the teacher fuses RetinaFace too
     photos = tmp_path / "photos"
@@ -232,7 +232,7 @@ def test_pseudo_label_training_caches_labels_and_resumes(tmp_path, monkeypatch):
 
     def no_teacher(section):
         raise AssertionError("the cached labels should have been reused")
-    monkeypatch.setattr(pseudo_labels, "teacher_from_config", no_teacher)
+    monkeypatch.setitem(training.TRAINING_PARTS, "teacher_factory", no_teacher)
     assert train.main([*common, "--epochs", "2"]) == 0
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]

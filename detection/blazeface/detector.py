@@ -13,6 +13,7 @@ from common.checkpoint import model_state_from_file
 from common.detections import Detections
 from common.registry import build_model
 from common.tiling import detect_on_tiles
+from detection.blazeface.mediapipe_import import load_mediapipe_weights
 from detection.blazeface.model import BlazeFace, fuse_batchnorm
 from detection.blazeface.postprocess import BlazeFacePostprocessor
 from detection.blazeface.targets import BlazeFaceAnchors
@@ -34,7 +35,6 @@ def load_weights(model: BlazeFace, weights: str | Path) -> BlazeFace:
         raise FileNotFoundError(f"BlazeFace weights not found: {path}. Pass --weights with a MediaPipe "
                                 "face_detection_short_range.tflite or a checkpoint written by train.py.")
     if path.suffix == ".tflite":
-        from detection.blazeface.mediapipe_import import load_mediapipe_weights
         return load_mediapipe_weights(model, path)
     model.load_state_dict(model_state_from_file(path))
     return model

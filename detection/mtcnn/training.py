@@ -5,7 +5,7 @@ the same photos (hard samples); O-Net from random crops, landmark crops and the 
 stage is one run of the shared ``Trainer`` named ``MTCNN_<stage>`` (checkpoints ``MTCNN_pnet_best.pth`` etc. in
 ``output.checkpoint_dir``, resumable); the stage's best checkpoint is what the next stage mines with. At the end
 ``<checkpoint_dir>/mtcnn.pth`` holds ``{"pnet": state_dict, "rnet": ..., "onet": ...}``, which
-``build_detector("mtcnn", weights=...)`` loads.
+``mtcnn_detector(weights=...)`` (``model.weights`` of the config) loads.
 
 Stages not trained in a run come from the same checkpoint folder when an earlier run trained them
 (``MTCNN_<stage>_best.pth``), else from ``model.weights``, else facenet-pytorch's weights (``model.pretrained``),
@@ -132,7 +132,7 @@ def best_checkpoint(cfg: dict, stage: str) -> Path | None:
 
 
 def export_cascade(nets: dict[str, torch.nn.Module], path: str | Path) -> Path:
-    """``{"pnet": state_dict, "rnet": ..., "onet": ...}``, what ``build_detector("mtcnn", weights=path)`` loads."""
+    """``{"pnet": state_dict, "rnet": ..., "onet": ...}``, what ``mtcnn_detector(weights=path)`` loads."""
     return atomic_save({name: {k: v.detach().cpu() for k, v in nets[name].state_dict().items()} for name in STAGES},
                        path)
 
