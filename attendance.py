@@ -29,13 +29,14 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help_text: str, database: bool = True):
+    def command(name: str, help_text: str, database: bool = True, photos: bool = True):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", default=str(DEFAULT_CONFIG), help="attendance YAML (default: %(default)s)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
         if database:
             sub.add_argument("--db", help="SQLite database (default: attendance.sqlite next to the config)")
-        sub.add_argument("--verbose", action="store_true", help="print each stage's time per photo")
+        if photos:
+            sub.add_argument("--verbose", action="store_true", help="print each stage's time per photo")
         return sub
 
     enroll = command("enroll", "enrol (or re-enrol) students from DIR/<student>/<photos>")
@@ -48,7 +49,8 @@ def parse_args(argv):
     mark.add_argument("--session", help="session id (default: the date)")
     mark.add_argument("--date", help="YYYY-MM-DD (default: today)")
     mark.add_argument("--out", default="attendance_out", help="folder for CSV, JSON, annotated photos, HTML")
-    report = command("report", "attendance rate per student over a date range")
+    # a report reads the database only: no photo is processed, so no --verbose
+    report = command("report", "attendance rate per student over a date range", photos=False)
     report.add_argument("--class", dest="class_name", required=True)
     report.add_argument("--from", dest="date_from", help="YYYY-MM-DD (default: the first session)")
     report.add_argument("--to", dest="date_to", help="YYYY-MM-DD (default: the last session)")
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     if args.command == "serve":
         serve(cfg, args.db, args.host, args.port, verbose=args.verbose)
         return 0
-    service = AttendanceService(cfg, db_path=args.db, verbose=args.verbose)
+    service = AttendanceService(cfg, db_path=args.db, verbose=getattr(args, "verbose", False))
     try:
         if args.command == "enroll":
             result = service.enroll(args.class_name, Path(args.roster), keep_photos=args.keep_photos)

@@ -35,7 +35,7 @@ FLAG_BENCHMARKS = {
     "predictions": ("wider",), "wider_gt": ("wider",),
 }
 # --benchmark wider: the flags of the detector that writes the predictions, used only with --images
-WIDER_DETECTING_FLAGS = ("detector", "config", "weights", "tile_zooms", "score_threshold")
+WIDER_DETECTING_FLAGS = ("detector", "config", "weights", "tile_zooms", "score_threshold", "device")
 
 
 def parse_args(argv):
@@ -51,7 +51,7 @@ def parse_args(argv):
                              "annotations.json with nose points")
     parser.add_argument("--data-root", help="folder that relative image paths start from")
     parser.add_argument("--format", default=None, choices=["csv", "wider", "retinaface", "coco", "dlib"])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--tile-zooms", type=int, nargs="+", metavar="Z",
                         help="also run on overlapping tiles of 1/Z of the photo, for small faces "
                              "(default: inference.tile_zooms of the config, 1 2 4; 1 alone is fastest)")
@@ -113,7 +113,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    shared = {"detector": args.detector, "weights": args.weights, "device": args.device, "out": args.out,
+    shared = {"detector": args.detector, "weights": args.weights, "device": args.device or "cpu", "out": args.out,
               "plot": args.plot}
     if args.benchmark in ("lfw", "pairs"):
         pairs, description = lfw_pairs(args.lfw_root) if args.benchmark == "lfw" else csv_pairs(args.pairs,

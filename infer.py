@@ -115,6 +115,8 @@ def main(argv=None) -> int:
     source = Path(args.input)
     if args.input.isdigit() or source.suffix.lower() in VIDEO_EXTENSIONS:
         stream = frames(args.input, args.max_frames)
+    elif args.max_frames is not None:
+        raise InputError("--max-frames applies to a video file or a webcam, not to images")
     elif source.exists():
         stream = images(source)
     else:

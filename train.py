@@ -20,7 +20,7 @@ import sys
 
 from common.cli import run_cli
 from common.config import ConfigError, load_yaml
-from pipeline.config import PIPELINE_CONFIG, default_config_path, detection_config, is_pipeline_config, \
+from pipeline.config import FUSION, PIPELINE_CONFIG, default_config_path, detection_config, is_pipeline_config, \
     pipeline_config
 from pipeline.flags import (add_detection_flags, detection_overrides, embedding_overrides, matching_overrides,
                             pipeline_overrides)
@@ -43,7 +43,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.stage == "all" or is_pipeline_config(args.config):
+    if args.stage == "all" or is_pipeline_config(args.config) or args.detector == FUSION:
         cfg = pipeline_config(args.config or PIPELINE_CONFIG, args.set, pipeline_overrides(args))
         run_pipeline_training(cfg, CHAIN if args.stage == "all" else (args.stage,), force=args.stage != "all")
         return 0

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from common.metrics import PrecisionRecall, plot_precision_recall
 from detection.evaluation import evaluate_detector, load_benchmark
 from detection.wider_eval import (DEFAULT_GROUND_TRUTH, SETTINGS, WiderResult, evaluate_folder, load_ground_truth,
@@ -67,8 +69,8 @@ def run_detection_benchmark(data: str | Path, detector: str = "blazeface", confi
 def plot_wider(result: WiderResult, path: str | Path) -> None:
     """The official evaluation's precision-recall curves of the three settings in one PNG."""
     curves = {setting: PrecisionRecall(result.ap[setting], result.curves[setting][:, 0],
-                                       result.curves[setting][:, 1], result.curves[setting][:, 0][:0],
-                                       result.faces[setting], 0) for setting in SETTINGS}
+                                       result.curves[setting][:, 1], np.empty(0), result.faces[setting], 0)
+              for setting in SETTINGS}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     plot_precision_recall(curves, path, title="WIDER FACE val")
 

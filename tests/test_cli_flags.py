@@ -25,6 +25,7 @@ from tests.conftest import ROOT
     (["--benchmark", "wider", "--predictions", "p", "--detector", "mtcnn"], "--detector shape the detector"),
     (["--benchmark", "wider", "--predictions", "p", "--score-threshold", "0.1"], "apply to --benchmark wider only "
                                                                                   "with --images"),
+    (["--benchmark", "wider", "--predictions", "p", "--device", "cpu"], "--device shape the detector"),
 ])
 def test_evaluate_refuses_flags_its_benchmark_does_not_use(argv, refused, capsys):
     with pytest.raises(SystemExit) as stopped:
@@ -105,3 +106,31 @@ def test_detection_flag_of_another_detector_is_refused():
     add_detection_flags(parser)
     with pytest.raises(ConfigError, match="--mtcnn-stage applies to mtcnn only, not blazeface"):
         detection_overrides(parser.parse_args(["--mtcnn-stage", "pnet"]), "blazeface")
+
+
+def test_train_detector_fusion_fits_the_calibration_of_the_pipeline_config(tmp_path, monkeypatch):
+    import pipeline.training as training
+
+    seen = {}
+    monkeypatch.setattr(training, "fit_fusion_calibration", lambda cfg: seen.setdefault("cfg", cfg) and {})
+    assert train.main(["--stage", "detection", "--detector", "fusion", "--device", "cpu",
+                       "--set", f"output.run_dir={tmp_path}"]) == 0
+    assert seen["cfg"]["calibration"]["device"] == "cpu" and (tmp_path / "manifest.json").is_file()
+
+
+def test_infer_refuses_max_frames_for_images(tmp_path, capsys):
+    import infer
+
+    photo = ROOT.parent / "shared" / "data" / "detection" / "dlib_faces" / "2008_002470.jpg"
+    if not photo.is_file():
+        pytest.skip("../shared is absent")
+    code = run_cli(infer.main, ["--detector", "mtcnn", "--input", str(photo), "--out", str(tmp_path / "d.json"),
+                                "--max-frames", "5"])
+    assert code == EXIT_USAGE and "--max-frames applies to a video file or a webcam" in capsys.readouterr().err
+
+
+def test_attendance_report_has_no_verbose_flag(capsys):
+    with pytest.raises(SystemExit):
+        attendance.parse_args(["report", "--class", "7B", "--verbose"])
+    assert "unrecognized arguments: --verbose" in capsys.readouterr().err
+    assert attendance.parse_args(["mark", "--class", "7B", "--photo", "a.jpg", "--verbose"]).verbose
