@@ -48,7 +48,8 @@ FREE_SIZES = {1: (224, 320), 3: (288, 192)}
 # registered models whose published weights the project holds offline: (detector or embedder, its network)
 REAL_WEIGHTS = {"blazeface_front": ("blazeface", "model"), "mtcnn_pnet": ("mtcnn", "pnet"),
                 "mtcnn_rnet": ("mtcnn", "rnet"), "mtcnn_onet": ("mtcnn", "onet"),
-                "retinaface_mnet025": ("retinaface", "model"), "dlib_resnet": ("dlib_resnet", "model")}
+                "retinaface_mnet025": ("retinaface", "model"), "dlib_resnet": ("dlib_resnet", "model"),
+                "omz_reid_0095": ("omz0095", "model"), "sface": ("sface", "model")}
 # ResNet-50 RetinaFace and FaceNet (the model and its embedder): ~15 s or more each to export and run on 2 cores
 SLOW = {"retinaface_r50", "inception_resnet_v1", "facenet"}
 # other test modules register their own tiny networks under names that start with this
