@@ -15,16 +15,20 @@ from tqdm import tqdm
 import detection  # noqa: F401  (registers every detector)
 import embedding  # noqa: F401  (registers every embedder)
 from common.checkpoint import CheckpointError
-from common.config import ConfigError, project_path
+from common.config import PROJECT_ROOT, ConfigError, load_yaml, project_path
 from common.engine import resolve_device
 from common.registry import DETECTORS, EMBEDDERS, MODELS
 from detection.retinaface.config import resolve_weights
 from embedding.embedder import Embedder
+from embedding.fusion import SEPARATOR, FusedEmbedder, member_names
 from embedding.training import embedder_from_checkpoint, training_identities
 from fusion.calibration import ScoreCalibrator
 from fusion.detector import FusionDetector, TiledDetector
 from fusion.merge import FusionSettings
 from pipeline.config import DETECTOR_ENTRY, FUSION, default_config_path, detection_config, pipeline_config
+
+
+EMBEDDER_FUSION_CONFIG = PROJECT_ROOT / "configs" / "embedder_fusion.yaml"
 
 
 def list_detectors() -> list[str]:
@@ -66,11 +70,32 @@ def checkpoint_identities(weights) -> set[str] | None:
         return None
 
 
+def embedder_fusion_weights(name: str) -> list[float]:
+    """The member weights ``configs/embedder_fusion.yaml`` holds for the fusion ``name`` (fitted on LFW View 1 by
+    ``python -m pipeline.embedder_fusion``); equal weights, the plain average of the members' cosines, where it
+    has none."""
+    members = member_names(name)
+    fitted = (load_yaml(EMBEDDER_FUSION_CONFIG).get("fusions") or {}) if EMBEDDER_FUSION_CONFIG.is_file() else {}
+    weights = fitted.get(name)
+    if weights is None:
+        return [1.0] * len(members)
+    if sorted(weights) != sorted(members):
+        raise ConfigError(f"{EMBEDDER_FUSION_CONFIG}: fusions.{name} must give a weight to each of {members}, "
+                          f"got {sorted(weights)}")
+    return [float(weights[member]) for member in members]
+
+
 def build_embedder(name: str, weights: str | Path | None = None, device: str = "cpu", flip: bool = False,
-                   align: str | None = None) -> Embedder:
+                   align: str | None = None) -> Embedder | FusedEmbedder:
     """The embedder ``name`` with ``weights`` (None: its published weights); a checkpoint of our embedding training
     is loaded as the network it records. ``flip``: test-time flip (each face embedded with its mirror image);
-    ``align``: dlib_resnet's chip alignment (its default if None)."""
+    ``align``: dlib_resnet's chip alignment (its default if None). ``a+b+c`` names a score-level fusion of
+    registered embedders (``embedding.fusion``) with the weights of ``embedder_fusion_weights``."""
+    if SEPARATOR in name:
+        if weights is not None or align is not None:
+            raise ConfigError(f"weights and align apply to one embedder, not to the fusion {name}")
+        members = [build_embedder(member, device=device, flip=flip) for member in member_names(name)]
+        return FusedEmbedder(members, embedder_fusion_weights(name))
     EMBEDDERS.get(name)
     if weights is not None and checkpoint_identities(weights):
         embedder = embedder_from_checkpoint(weights, str(resolve_device(device)))

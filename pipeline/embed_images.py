@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.io import read_image
+from embedding.fusion import FusedEmbedder
 
 DEFAULT_CACHE_DIR = Path("~/.cache/facepipe/embeddings")
 # Fallback face box as fractions (x1, y1, x2, y2) of the image: the median MTCNN box of 64 random LFW images.
@@ -148,7 +149,13 @@ def _embed(embedder, chips: np.ndarray, stamps: Sequence[str], jitter: int) -> n
 def embed_images(paths: Sequence[str | Path], embedder, detector, detector_name: str, jitter: int = 0,
                  cache_dir: str | Path | None = DEFAULT_CACHE_DIR, chunk: int = CHUNK,
                  progress: bool = True) -> EmbeddedImages:
-    """Embeddings of ``paths`` (duplicates are embedded once), loading what the cache already holds."""
+    """Embeddings of ``paths`` (duplicates are embedded once), loading what the cache already holds. A fused
+    embedder's members are embedded (and cached) one by one, then fused."""
+    if isinstance(embedder, FusedEmbedder):
+        parts = [embed_images(paths, member, detector, detector_name, jitter, cache_dir, chunk, progress)
+                 for member in embedder.members]
+        return EmbeddedImages(embedder.fuse([part.embeddings for part in parts]), parts[0].no_face,
+                              sum(part.computed for part in parts))
     paths = [Path(path) for path in paths]
     for path in paths:
         if not path.is_file():

@@ -19,9 +19,11 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 import torch
 
+from common.config import ConfigError
 from common.detections import Detections
 from common.io import read_image
 from embedding.embedder import Embedder
+from embedding.fusion import SEPARATOR
 from common.engine import resolve_device
 from pipeline.build import build_embedder, fusion_from_config
 from pipeline.config import pipeline_config
@@ -107,6 +109,9 @@ class FacePipeline:
         cfg = config if isinstance(config, dict) else pipeline_config(config, set_items)
         device = str(resolve_device(device or cfg["device"]))
         section = cfg["embedding"]
+        if SEPARATOR in section["embedder"]:
+            raise ConfigError(f"embedding.embedder {section['embedder']!r}: a fusion of embedders serves evaluate.py "
+                              "and the verifier; the face pipeline takes one embedder")
         embedder = build_embedder(section["embedder"], section["weights"], device, section["flip"])
         return cls(fusion_from_config(cfg, device), embedder, verbose)
 
