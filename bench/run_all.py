@@ -130,6 +130,14 @@ def dlib_rows(r: dict) -> list[Row]:
             for name in rates if name != "ours"]
 
 
+def reference_embedder_rows(r: dict) -> list[Row]:
+    rates = r["faces_per_s"]
+    return [_rate_row(f"OMZ face-reidentification-retail-0095 (ours, PyTorch), batch {r['chips']}",
+                      rates["omz0095"]["torch"], rates["omz0095"]["openvino"], "OpenVINO", "faces/s"),
+            _rate_row(f"SFace int8 ONNX file, dequantised (ours, PyTorch), batch {r['chips']}",
+                      rates["sface"]["torch"], rates["sface"]["onnxruntime"], "onnxruntime", "faces/s")]
+
+
 def fusion_rows(r: dict) -> list[Row]:
     rows = []
     for photo_set, table in r.items():
@@ -152,6 +160,8 @@ BENCHES = {
     "retinaface": Bench("bench.bench_retinaface", ("--repeats", "1", "--sets", "dlib"), retinaface_rows),
     "embedders": Bench("bench.bench_embedders", ("--repeats", "2", "--batch", "8"), embedder_rows),
     "dlib": Bench("bench.bench_dlib", ("--repeats", "1", "--chips", "8"), dlib_rows),
+    "reference_embedders": Bench("bench.bench_reference_embedders", ("--repeats", "1", "--chips", "8"),
+                                 reference_embedder_rows),
     "fusion": Bench("bench.bench_fusion", (), fusion_rows),
     "attendance": Bench("bench.bench_attendance", ("--repeats", "1"), attendance_rows),
 }
