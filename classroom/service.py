@@ -30,7 +30,7 @@ ATTENDANCE_DEFAULTS = {
     "device": "cpu",
     "quality": dict(QUALITY_DEFAULTS),
     "matching": {"target_far": 0.001, "floor": 0.9, "tail": "empirical", "min_margin": 0.0},
-    "demo": {"lfw_root": None, "classes": 20, "students": 30, "present": 25, "strangers": 5, "enroll_photos": 2,
+    "demo": {"lfw_root": None, "folds": [], "classes": 20, "students": 30, "present": 25, "strangers": 5, "enroll_photos": 2,
              "canvas": [1920, 1080], "seed": 0},
     "web": {"max_upload_mb": 25.0, "max_files": 40, "data_dir": None},
     "config_path": None,

@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader
 from common.errors import InputError
 from common.checkpoint import CheckpointError, load_checkpoint, model_state_from_file
 from common.config import ConfigError, save_config
+from common.lfw import lfw_fold_identities
 from common.engine import Trainer, init_distributed, is_main_process, resolve_device
 from common.registry import EMBEDDERS, build_model
 from embedding.align import ARCFACE_TEMPLATE_112, scaled_template
 from embedding.data import (ALIGN_MODES, DEFAULT_AUGMENTATION, IdentityFolderDataset, PKSampler, cache_folder,
-                            collate_chips, lfw_fold_identities, prepare_chips, scan_identity_folders,
+                            collate_chips, prepare_chips, scan_identity_folders,
                             split_identities)
 from embedding.dlib_landmarks import LANDMARKER_FILE, LandmarkerAlignment, landmarker_alignment
 from embedding.embedder import Alignment, Embedder, file_sha256

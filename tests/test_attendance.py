@@ -301,3 +301,17 @@ def test_demo_builds_a_class_from_lfw_and_scores_it(tmp_path):
     assert figures["present"] == 6 and figures["strangers"] == 2
     assert figures["present_marked_rate"] >= 5 / 6 and figures["precision"] == 1.0
     assert figures["strangers_marked_rate"] == 0.0 and (out / "class0_annotated.jpg").is_file()
+
+
+def test_demo_draws_people_of_the_chosen_lfw_folds_only(tmp_path):
+    from classroom.demo import people_with_photos
+    from common.config import ConfigError
+    from common.lfw import lfw_fold_identities
+
+    root = shared_path("data", "lfw")
+    fold10 = people_with_photos(root / "deepfunneled", [10])
+    assert fold10 and set(fold10) <= set(lfw_fold_identities(root / "people.txt", [10]))
+    assert all(photos for photos in fold10.values())
+    (tmp_path / "deepfunneled" / "Someone").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="people.txt"):
+        people_with_photos(tmp_path / "deepfunneled", [10])

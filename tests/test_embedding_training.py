@@ -16,10 +16,12 @@ import torch.nn as nn
 import yaml
 
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.config import ConfigError
 from common.io import read_image
 from common.registry import MODELS, register_model
-from embedding.data import (DEFAULT_AUGMENTATION, DatasetError, IdentityFolderDataset, PKSampler, prepare_chips, read_lfw_people_folds,
-                            lfw_fold_identities, scan_identity_folders)
+from common.lfw import lfw_fold_identities, read_lfw_people_folds
+from embedding.data import (DEFAULT_AUGMENTATION, DatasetError, IdentityFolderDataset, PKSampler, prepare_chips,
+                            scan_identity_folders)
 from embedding.embedder import Alignment
 from embedding.losses import ArcFaceHead, TripletLoss, pairwise_distances, semi_hard_triplet
 from embedding.training import EMBEDDING_DEFAULTS, embedder_from_checkpoint, training_identities, verification_metrics
@@ -190,7 +192,7 @@ def test_lfw_fold_identities_are_disjoint_and_cover_people_txt():
     assert all(not names[i] & names[j] for i in range(10) for j in range(i + 1, 10))
     nine = lfw_fold_identities(people, range(1, 10))
     assert set(nine) == set().union(*names[:9]) and not set(nine) & names[9]
-    with pytest.raises(DatasetError, match="fold 11 does not exist"):
+    with pytest.raises(ConfigError, match="fold 11 does not exist"):
         lfw_fold_identities(people, [11])
 
 
@@ -371,7 +373,6 @@ def test_arcface_head_trains_with_triplets_and_other_checkpoints_are_refused(tmp
 
 def test_train_cli_rejects_detection_flags_and_unknown_keys(tmp_path):
     import train
-    from common.config import ConfigError
     path = tmp_path / "e.yaml"
     path.write_text(yaml.safe_dump({"stage": "embedding", "loss": {"marign": 0.3}}), encoding="utf-8")
     with pytest.raises(ConfigError, match="Did you mean 'margin'"):

@@ -1,0 +1,42 @@
+"""LFW's people list (View 2's ``people.txt``): who is in which of the ten identity-disjoint folds. Embedding
+training keeps to folds 1-9 and the attendance demo reports on fold 10's people, so both read it here."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from common.config import ConfigError
+from common.errors import InputError
+
+
+def read_lfw_people_folds(people_txt: str | Path) -> list[dict[str, int]]:
+    """LFW View-2 ``people.txt`` → one ``{name: image count}`` per fold (fold 1 first). The file is the number of
+    folds, then per fold a count line followed by that many ``name<TAB>count`` lines."""
+    path = Path(people_txt)
+    if not path.is_file():
+        raise FileNotFoundError(f"LFW people file not found: {path}")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        position, folds = 1, []
+        for _ in range(int(lines[0])):
+            count = int(lines[position])
+            entries = [line.split() for line in lines[position + 1:position + 1 + count]]
+            if len(entries) != count or any(len(entry) != 2 for entry in entries):
+                raise ValueError(f"fold {len(folds) + 1} should list {count} 'name count' lines")
+            folds.append({name: int(number) for name, number in entries})
+            position += 1 + count
+    except (ValueError, IndexError) as error:
+        raise InputError(f"{path}: not an LFW people.txt ({error})") from None
+    return folds
+
+
+def lfw_fold_identities(people_txt: str | Path, folds: Iterable[int]) -> list[str]:
+    """Sorted names of the people in the given LFW View-2 folds (1-based). LFW's folds are identity-disjoint, so
+    training on folds 1–9 leaves fold 10's people unseen."""
+    all_folds = read_lfw_people_folds(people_txt)
+    names: set[str] = set()
+    for fold in folds:
+        if not 1 <= fold <= len(all_folds):
+            raise ConfigError(f"LFW fold {fold} does not exist; {people_txt} has folds 1..{len(all_folds)}")
+        names.update(all_folds[fold - 1])
+    return sorted(names)
