@@ -21,7 +21,7 @@ from common.detections import Detections
 from common.io import read_image
 from common.metrics import average_precision
 from detection.evaluation import load_benchmark
-from common.registry import DETECTORS
+from common.registry import DETECTORS as REGISTERED_DETECTORS
 from pipeline import default_config_path, detection_config, detector_from_config
 from fusion.calibration import ScoreCalibrator, labelled_scores
 from fusion.merge import FusionSettings, fuse
@@ -48,7 +48,7 @@ def run_detectors(items: list[dict], loose: bool = False) -> tuple[dict[str, lis
     images = [read_image(item["image_path"]) for item in items]
     for name in DETECTORS:
         cfg = detection_config(name, default_config_path(name), {"inference.score_threshold": LOW_THRESHOLD[name]},
-                               set_items=DETECTORS.get(name).calibration_set if loose else ())
+                               set_items=REGISTERED_DETECTORS.get(name).calibration_set if loose else ())
         detector = detector_from_config(cfg, "cpu")
         detector.detect([images[0][:64, :64].copy()])  # warm-up
         start = time.perf_counter()
