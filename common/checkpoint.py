@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from common.errors import UserError
 
 
@@ -105,3 +106,16 @@ def model_state_from_file(path, map_location="cpu") -> dict:
     except Exception as error:
         raise CheckpointError(f"weights file {path} is unreadable ({type(error).__name__}: {error})") from None
     return state["model"] if isinstance(state, dict) and "model" in state else state
+
+
+def load_state_file(model: torch.nn.Module, path, name: str) -> torch.nn.Module:
+    """``model`` holding the weights of a state_dict file or checkpoint of ours at ``path``; ``name`` (e.g.
+    "a DlibResNet") names the network in the error when they do not fit."""
+    state = model_state_from_file(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path} is not {name} state_dict: {error}") from None
+    return model

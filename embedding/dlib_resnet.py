@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.config import ConfigError
-from common.checkpoint import CheckpointError, model_state_from_file
+from common.checkpoint import load_state_file
 from common.registry import register_embedder, register_model
 from embedding.dlib_landmarks import landmarker_alignment
 from embedding.dlib_serial import DlibFormatError, DlibReader, packaged_model_file, read_dat
@@ -380,14 +380,7 @@ def load_weights(weights: str | Path | None = None) -> Tuple[DlibResNet, str]:
     if not path.is_file():
         raise FileNotFoundError(f"dlib ResNet weights file not found: {path}")
     if path.suffix in (".pth", ".pt"):
-        state = model_state_from_file(path)
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state_dict")
-        model = DlibResNet()
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise CheckpointError(f"{path} is not a DlibResNet state_dict: {error}") from None
+        model = load_state_file(DlibResNet(), path, "a DlibResNet")
     else:
         model = load_dlib_resnet(path)
     return model.eval(), file_sha256(path)

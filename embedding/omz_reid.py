@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common.checkpoint import CheckpointError, model_state_from_file
+from common.checkpoint import load_state_file
 from common.config import existing_path, project_path
 from common.registry import register_embedder, register_model
 from embedding.embedder import Alignment, Embedder, file_sha256
@@ -322,15 +322,7 @@ def load_omz_reid(weights: str | Path | None = None) -> tuple[OmzReid0095, str]:
                                 "Zoo's IR there (the .xml with its .bin), or pass weights=PATH to an IR .xml or a "
                                 ".pth of ours.")
     if path.suffix in (".pth", ".pt"):
-        state = model_state_from_file(path)
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state_dict")
-        model = OmzReid0095()
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise CheckpointError(f"{path} is not an OmzReid0095 state_dict: {error}") from None
-        return model.eval(), file_sha256(path)
+        return load_state_file(OmzReid0095(), path, "an OmzReid0095").eval(), file_sha256(path)
     return load_omz_weights(OmzReid0095(), path), ir_sha256(path)
 
 

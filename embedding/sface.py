@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common.checkpoint import CheckpointError, model_state_from_file
+from common.checkpoint import load_state_file
 from common.config import existing_path, project_path
 from common.errors import UserError
 from common.registry import register_embedder, register_model
@@ -410,15 +410,7 @@ def load_weights(weights: str | Path | None = None) -> Tuple[SFace, str]:
     path = resolve_weights(weights)
     if path.suffix not in CHECKPOINT_SUFFIXES:
         return load_sface_onnx(path), file_sha256(path)
-    state = model_state_from_file(path)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state_dict")
-    model = SFace()
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path} is not an SFace state_dict: {error}") from None
-    return model.eval(), file_sha256(path)
+    return load_state_file(SFace(), path, "an SFace").eval(), file_sha256(path)
 
 
 @register_embedder("sface")

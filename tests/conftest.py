@@ -7,6 +7,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -48,3 +49,15 @@ def broken_copies(folder: Path, real_file: Path, keep_bytes: int) -> tuple[Path,
     text.write_text("this is not a model\n")
     truncated.write_bytes(real_file.read_bytes()[:keep_bytes])
     return text, truncated
+
+
+def assert_embedder_trains(model, input_size: int, embedding_dim: int, first: str, last: str) -> None:
+    """A backward pass through an imported embedder network (in train mode) gives finite gradients everywhere and
+    non-zero ones on its ``first`` and ``last`` weights."""
+    torch.manual_seed(0)
+    out = model.train()(torch.randn(2, 3, input_size, input_size))
+    assert out.shape == (2, embedding_dim)
+    out.pow(2).sum().backward()
+    grads = {name: parameter.grad for name, parameter in model.named_parameters()}
+    assert all(grad is not None and torch.isfinite(grad).all() for grad in grads.values())
+    assert grads[first].abs().sum() > 0 and grads[last].abs().sum() > 0

@@ -19,7 +19,7 @@ from embedding.dlib_serial import DlibReader
 from embedding.dlib_resnet import (DLIB_INPUT_MEAN, DLIB_INPUT_SCALE, DLIB_TEMPLATE_150, INPUT_SIZE, DlibFormatError,
                                    DlibResNet, add_zero_padded, default_descriptor_file, load_dlib_resnet,
                                    read_dlib_network)
-from tests.conftest import broken_copies, shared_path
+from tests.conftest import assert_embedder_trains, broken_copies, shared_path
 
 dlib = pytest.importorskip("dlib", reason="dlib (pip install dlib-bin) is the parity reference")
 
@@ -164,14 +164,7 @@ def test_template_reproduces_dlib_chip_geometry(dlib_tools):
 
 
 def test_trainable():
-    model = build_model("dlib_resnet").train()
-    torch.manual_seed(0)
-    out = model(torch.randn(2, 3, INPUT_SIZE, INPUT_SIZE))
-    assert out.shape == (2, 128)
-    out.pow(2).sum().backward()
-    grads = {name: p.grad for name, p in model.named_parameters()}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
-    assert grads["stem_conv.weight"].abs().sum() > 0 and grads["embedding.weight"].abs().sum() > 0
+    assert_embedder_trains(build_model("dlib_resnet"), INPUT_SIZE, 128, "stem_conv.weight", "embedding.weight")
 
 
 def test_not_a_dlib_file(tmp_path, descriptor_file):

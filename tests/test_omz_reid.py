@@ -17,7 +17,7 @@ from common.registry import build_model
 from embedding.omz_reid import EMBEDDING_DIM, INPUT_SIZE, OmzReid0095, load_omz_weights
 from embedding.openvino_ir import IRFormatError, read_ir
 from pipeline import build_detector, build_embedder
-from tests.conftest import shared_path
+from tests.conftest import assert_embedder_trains, shared_path
 
 IR_NAME = "face-reidentification-retail-0095"
 PARITY_PHOTOS = 16
@@ -100,14 +100,8 @@ def test_state_dict_of_ours_gives_the_same_embedder(embedder, tmp_path):
 
 
 def test_trainable():
-    model = build_model("omz_reid_0095").train()
-    torch.manual_seed(0)
-    out = model(torch.randn(2, 3, INPUT_SIZE, INPUT_SIZE))
-    assert out.shape == (2, EMBEDDING_DIM)
-    out.pow(2).sum().backward()
-    grads = {name: parameter.grad for name, parameter in model.named_parameters()}
-    assert all(grad is not None and torch.isfinite(grad).all() for grad in grads.values())
-    assert grads["stem.conv.weight"].abs().sum() > 0 and grads["embedding.weight"].abs().sum() > 0
+    assert_embedder_trains(build_model("omz_reid_0095"), INPUT_SIZE, EMBEDDING_DIM, "stem.conv.weight",
+                           "embedding.weight")
 
 
 def _ir_copy(folder: Path, ir_xml: Path, xml_text: str | None = None, bin_bytes: int | None = None) -> Path:
