@@ -73,7 +73,6 @@ class DetectorSpec:
     ``teacher_factory``); ``calibration_set``: ``key=value`` overrides that loosen its thresholds so a score
     calibration also sees low-scoring misses."""
 
-    name: str
     defaults: dict
     from_config: Callable[[dict, str], Any]
     train: Callable[..., Any] | None = None

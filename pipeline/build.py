@@ -56,8 +56,6 @@ def build_detector(name: str, config: str | Path | None = None, device: str = "c
     """A ready photo detector: ``name``'s config (``config``, default ``configs/detection_<name>.yaml`` or
     ``configs/pipeline.yaml`` for ``fusion``) with ``overrides`` (dotted keys, e.g.
     ``**{"inference.score_threshold": 0.5}``) and ``set_items`` (``key=value`` strings) on top."""
-    if name != FUSION:
-        DETECTORS.get(name)  # an unknown name is refused before its config file is looked for
     cfg = detection_config(name, config if config is not None else default_config_path(name), overrides, set_items)
     return detector_from_config(cfg, device)
 

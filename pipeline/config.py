@@ -3,7 +3,6 @@
 ``train.py --stage all`` chain)."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Sequence
 
@@ -64,10 +63,9 @@ def default_config_path(detector: str) -> Path:
 
 
 def detector_defaults(detector: str) -> dict:
-    """The config schema of ``detector`` (its registered defaults; the pipeline's for ``fusion``)."""
-    if detector == FUSION:
-        return copy.deepcopy(PIPELINE_DEFAULTS)
-    return DETECTORS.get(detector).defaults
+    """The config schema of ``detector`` (its registered defaults; the pipeline's for ``fusion``); an unknown name
+    is refused here, before any config file is read. ``build_config`` copies it."""
+    return PIPELINE_DEFAULTS if detector == FUSION else DETECTORS.get(detector).defaults
 
 
 def detection_config(detector: str | None, config_path=None, flag_overrides: dict | None = None,

@@ -4,5 +4,5 @@ from common.registry import DETECTORS, DetectorSpec
 from detection.blazeface.config import BLAZEFACE_DEFAULTS, CALIBRATION_SET, blazeface_from_config
 from detection.blazeface.training import run_blazeface_training
 
-DETECTORS.register("blazeface", DetectorSpec("blazeface", BLAZEFACE_DEFAULTS, blazeface_from_config,
+DETECTORS.register("blazeface", DetectorSpec(BLAZEFACE_DEFAULTS, blazeface_from_config,
                                              run_blazeface_training, calibration_set=CALIBRATION_SET))

@@ -5,5 +5,5 @@ from common.registry import DETECTORS, DetectorSpec
 from detection.mtcnn.config import CALIBRATION_SET, MTCNN_DEFAULTS, mtcnn_from_config
 from detection.mtcnn.training import run_mtcnn_training
 
-DETECTORS.register("mtcnn", DetectorSpec("mtcnn", MTCNN_DEFAULTS, mtcnn_from_config, run_mtcnn_training,
+DETECTORS.register("mtcnn", DetectorSpec(MTCNN_DEFAULTS, mtcnn_from_config, run_mtcnn_training,
                                          calibration_set=CALIBRATION_SET))

@@ -4,5 +4,5 @@ from common.registry import DETECTORS, DetectorSpec
 from detection.retinaface.config import CALIBRATION_SET, RETINAFACE_DEFAULTS, retinaface_from_config
 from detection.retinaface.training import run_retinaface_training
 
-DETECTORS.register("retinaface", DetectorSpec("retinaface", RETINAFACE_DEFAULTS, retinaface_from_config,
+DETECTORS.register("retinaface", DetectorSpec(RETINAFACE_DEFAULTS, retinaface_from_config,
                                               run_retinaface_training, calibration_set=CALIBRATION_SET))

@@ -5,5 +5,5 @@ from common.registry import DETECTORS, DetectorSpec
 from detection.yolo.config import CALIBRATION_SET, NAME, YOLO_DEFAULTS, yolo_from_config
 from detection.yolo.training import run_yolo_training
 
-DETECTORS.register(NAME, DetectorSpec(NAME, YOLO_DEFAULTS, yolo_from_config, run_yolo_training,
+DETECTORS.register(NAME, DetectorSpec(YOLO_DEFAULTS, yolo_from_config, run_yolo_training,
                                       train_parts=("teacher_factory",), calibration_set=CALIBRATION_SET))
