@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+
 from common.errors import UserError
 
 

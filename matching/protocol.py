@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 from sklearn.metrics import auc, roc_curve
 from sklearn.model_selection import KFold
+
 from common.errors import InputError, UserError
 
 LFW_IMAGE_DIRS = ("deepfunneled", "lfw_funneled", "lfw-deepfunneled", "lfw")  # LFW layouts, preferred first

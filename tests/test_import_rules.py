@@ -74,7 +74,8 @@ def test_a_violation_is_named_with_file_and_line(tmp_path):
     (tmp_path / "common").mkdir()
     bad = tmp_path / "common" / "thing.py"
     bad.write_text("import numpy\n\n\ndef f():\n    from pipeline.build import build_detector\n")
-    assert violations([bad], tmp_path) == ["common/thing.py:5: common imports pipeline.build (allowed: no project package)"]
+    assert violations([bad], tmp_path) == [
+        "common/thing.py:5: common imports pipeline.build (allowed: no project package)"]
 
 
 @pytest.mark.parametrize("layer", sorted(ALLOWED))

@@ -68,7 +68,8 @@ def test_saved_verifiers_load_and_predict_the_same(kind, file):
     pairs = np.load(LEGACY / "verifier_pairs.npz")
     verifier = load_verifier(LEGACY / file)
     assert verifier.describe()["verifier"] == kind
-    assert np.array_equal(verifier.predict(pairs["e1"], pairs["e2"]), np.load(LEGACY / f"verifier_{kind}_predictions.npy"))
+    expected = np.load(LEGACY / f"verifier_{kind}_predictions.npy")
+    assert np.array_equal(verifier.predict(pairs["e1"], pairs["e2"]), expected)
 
 
 def test_onnx_cache_is_found_not_exported_again(tmp_path):

@@ -27,7 +27,8 @@ def test_pipeline_detects_aligns_and_embeds_with_timings():
     embedder = Embedder("tiny", torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(8)),
                         Alignment(32, tuple(map(tuple, scaled_template(32)))), mean=(127.5,) * 3, std=(128.0,) * 3,
                         weights_hash="random")
-    faces = FacePipeline(OneFace(), embedder).process(np.random.default_rng(0).integers(0, 255, (120, 120, 3), np.uint8))
+    photo = np.random.default_rng(0).integers(0, 255, (120, 120, 3), np.uint8)
+    faces = FacePipeline(OneFace(), embedder).process(photo)
     assert faces.chips.shape == (1, 32, 32, 3) and faces.embeddings.shape == (1, 8)
     assert torch.allclose(faces.embeddings.norm(dim=1), torch.ones(1))
     assert set(faces.timings) == {"detect", "align", "embed"}

@@ -26,10 +26,11 @@ BLAZEFACE_DEFAULTS = {
     "output": {"checkpoint_dir": "checkpoints", "log_dir": "logs", "resume": None, "auto_resume": True},
 }
 
+
 def blazeface_from_config(cfg: dict, device: str) -> BlazeFaceDetector:
     """The photo detector a config describes (infer.py / evaluate.py)."""
     return blazeface_detector(weights=existing_path(cfg["model"]["weights"]), variant=cfg["model"]["variant"],
-                          device=device, **cfg["inference"])
+                              device=device, **cfg["inference"])
 
 
 # Score calibration of the fused detectors learns from misses too: thresholds low enough to make some.

@@ -531,12 +531,14 @@ def read_annotations(
 def _read_annotations(path: Path, data_root: str | Path | None, fmt: str | None) -> list[FaceAnnotation]:
     fmt = detect_format(path) if fmt is None else fmt
     if fmt not in ANNOTATION_FORMATS:
-        raise AnnotationError(f"{path}: unknown annotation format {fmt!r}; expected one of {', '.join(ANNOTATION_FORMATS)}")
+        raise AnnotationError(f"{path}: unknown annotation format {fmt!r}; expected one of "
+                              f"{', '.join(ANNOTATION_FORMATS)}")
     if fmt == "csv":
         return read_csv(path, data_root)
     if fmt == "dlib":
         if data_root is not None:
-            raise AnnotationError(f"{path}: dlib XML image paths are relative to the XML's folder; data_root is not used")
+            raise AnnotationError(f"{path}: dlib XML image paths are relative to the XML's folder; data_root is "
+                                  "not used")
         return read_dlib_xml(path)
     if data_root is None:
         raise AnnotationError(f"{path}: {fmt} annotations need data_root, the folder their image paths are relative to")

@@ -30,8 +30,9 @@ from detection.data.readers import FaceAnnotation, read_train_val
 from detection.mtcnn.detector import MTCNNDetector
 from detection.mtcnn.loss import BOX_LOSSES, MTCNNLoss, classification_metrics
 from detection.mtcnn.model import ONet, PNet, RNet, load_facenet_weights, normalize
-from detection.mtcnn.targets import (LANDMARK, NEGATIVE, PART, POSITIVE, STAGES, MTCNNSampleDataset, MTCNNSamples, Proposer, collate_samples,
-                                     decode_boxes, describe, footprints_of_boxes, generate_samples)
+from detection.mtcnn.targets import (LANDMARK, NEGATIVE, PART, POSITIVE, STAGES, MTCNNSampleDataset, MTCNNSamples,
+                                     Proposer, collate_samples, decode_boxes, describe, footprints_of_boxes,
+                                     generate_samples)
 
 NET_CLASSES = {"pnet": PNet, "rnet": RNet, "onet": ONet}
 EXPORT_NAME = "mtcnn.pth"

@@ -48,7 +48,7 @@ def retinaface_from_config(cfg: dict, device: str) -> RetinaFaceDetector:
     """The photo detector a config describes (infer.py / evaluate.py)."""
     model = cfg["model"]
     return retinaface_detector(weights=resolve_weights(model["weights"]), backbone=model["backbone"],
-                          flavor=model["flavor"], device=device, **cfg["inference"])
+                               flavor=model["flavor"], device=device, **cfg["inference"])
 
 
 CALIBRATION_SET = ("inference.score_threshold=0.05",)

@@ -38,7 +38,7 @@ def yolo_from_config(cfg: dict, device: str) -> YoloDetector:
     """The photo detector a config describes (infer.py / evaluate.py)."""
     model = cfg["model"]
     return yolo_detector(weights=existing_path(model["weights"]), width=model["width"], depth=model["depth"],
-                          device=device, **cfg["inference"])
+                         device=device, **cfg["inference"])
 
 
 CALIBRATION_SET = ("inference.score_threshold=0.05",)
