@@ -16,7 +16,10 @@ import json
 import shutil
 import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -24,6 +27,7 @@ from tqdm import tqdm
 
 from classroom.report import annotate
 from classroom.service import AttendanceService
+from classroom.session import PhotoMarks
 from common.config import ConfigError
 from common.io import read_image
 from common.lfw import lfw_fold_identities
@@ -70,20 +74,6 @@ def people_with_photos(image_dir: Path, folds=()) -> dict[str, list[Path]]:
         wanted = set(lfw_fold_identities(people_txt, folds))
     return {folder.name: sorted(folder.glob("*.jpg")) for folder in sorted(image_dir.iterdir())
             if folder.is_dir() and (wanted is None or folder.name in wanted)}
-
-
-def near_threshold(present: list[str], who: list[str | None], marks, names: list[str], threshold: float,
-                   regions: list[list[float]]) -> int:
-    """How many present students' own faces score within ``NEAR_THRESHOLD`` of the threshold for them: the
-    students a small change of embedder or threshold decides."""
-    column = {name: student for student, name in enumerate(names)}
-    count = 0
-    for face, box in enumerate(marks.detections.boxes.tolist()):
-        owner = _owner(box, regions)
-        name = who[owner] if owner is not None else None
-        if name in present and abs(float(marks.scores[face, column[name]]) - threshold) < NEAR_THRESHOLD:
-            count += 1
-    return count
 
 
 def compose_class_photo(photos: list[Path], canvas_size: tuple[int, int], rng: np.random.Generator
@@ -158,89 +148,128 @@ def _owner(detection_box, regions: list[list[float]]) -> int | None:
     return None
 
 
-def _class_errors(index: int, present: list[str], absent: list[str], who: list[str | None],
-                  marked: dict[str, int | None], marks, names: list[str], threshold: float) -> list[dict]:
-    """Each wrong outcome of one demo class, with the scores that explain it: a present student not marked (their
-    best face score), a student marked on someone else's face (an absent student, a stranger or a classmate)."""
+@dataclass
+class DemoClass:
+    """One demo class, enrolled and its photo matched: who is in it, and what the service found."""
+
+    index: int
+    canvas: np.ndarray = field(repr=False)
+    present: list[str]            # enrolled students in the photo
+    absent: list[str]             # enrolled students not in it
+    strangers: int                # people in it who are not enrolled
+    face_people: list[str | None]  # per detected face: the enrolled student pasted there; None: a stranger or
+                                   # a face of the background of a pasted photo
+    face_strangers: list[bool]    # per detected face: it is a stranger's own face
+    names: list[str]              # the gallery's students (the columns of ``marks.scores``)
+    gallery_vectors: np.ndarray = field(repr=False)
+    gallery_owners: np.ndarray = field(repr=False)
+    threshold: float
+    marks: PhotoMarks = field(repr=False)
+    seconds: float                # marking time
+
+
+def demo_classes(service: AttendanceService, demo: dict, people: dict[str, list[Path]], classes: int,
+                 workdir: Path) -> Iterator[DemoClass]:
+    """``classes`` demo classes (``demo`` settings) enrolled in ``service`` and matched, drawn with the demo's seed
+    from ``people`` (``people_with_photos``); rosters are linked under ``workdir``."""
+    eligible = [name for name, photos in people.items() if len(photos) > demo["enroll_photos"]]
+    if len(eligible) < demo["students"]:
+        raise ConfigError(f"only {len(eligible)} people have more than {demo['enroll_photos']} photos")
+    rng = np.random.default_rng(demo["seed"])
+    for index in range(classes):
+        class_name = f"demo{index}"
+        class_photos, tried = enroll_class(service, class_name, iter(rng.permutation(eligible).tolist()), people,
+                                           demo, workdir / f"roster{index}", rng)
+        enrolled = sorted(class_photos)
+        others = [name for name in people if name not in tried]
+        strangers = [str(s) for s in rng.choice(others, demo["strangers"], replace=False)]
+        present = [str(s) for s in rng.choice(enrolled, demo["present"], replace=False)]
+        photos = [class_photos[name] for name in present]
+        photos += [people[name][int(rng.integers(0, len(people[name])))] for name in strangers]
+        who = present + [None] * len(strangers)
+        canvas, regions = compose_class_photo(photos, tuple(demo["canvas"]), rng)
+        start = time.perf_counter()
+        gallery, threshold, _, [marks] = service.match_photos(class_name, [(f"class{index}.jpg", canvas)])
+        seconds = time.perf_counter() - start
+        owners = [_owner(box, regions) for box in marks.detections.boxes.tolist()]
+        yield DemoClass(index, canvas, present, [name for name in enrolled if name not in present], len(strangers),
+                        [None if owner is None else who[owner] for owner in owners],
+                        [owner is not None and who[owner] is None for owner in owners], gallery.names,
+                        gallery.vectors, gallery.owners, threshold, marks, seconds)
+
+
+def class_outcome(demo_class: DemoClass, scores: np.ndarray, pairs: list[tuple[int, int]], threshold: float
+                  ) -> tuple[dict, list[dict]]:
+    """(counts, errors) of one class's assignment ``pairs`` of its faces (``scores`` (F, S), columns
+    ``demo_class.names``) at ``threshold``: the service's own, or another rule's replayed on the same faces.
+    Errors carry the scores that explain them: a present student not marked (their best face score), a student
+    marked on someone else's face (an absent student, a stranger or a classmate)."""
+    names, people = demo_class.names, demo_class.face_people
     column = {name: student for student, name in enumerate(names)}
+    marked = {names[student]: face for face, student in pairs}  # student → the face they were marked on
+    counts = {"marks": len(marked), "present": len(demo_class.present), "absent": len(demo_class.absent),
+              "strangers": demo_class.strangers,
+              "present_marked": sum(1 for name in demo_class.present
+                                    if name in marked and people[marked[name]] == name),
+              "absent_marked": sum(1 for name in demo_class.absent if name in marked),
+              "strangers_marked": sum(1 for face in marked.values() if demo_class.face_strangers[face]),
+              # present students whose own face scores this close to the threshold, either side: the students a
+              # small change of embedder or threshold decides
+              "present_near_threshold": sum(1 for face, name in enumerate(people) if name in demo_class.present
+                                            and abs(float(scores[face, column[name]]) - threshold) < NEAR_THRESHOLD)}
     errors = []
-    for name in present:
-        if marked.get(name) is None or who[marked[name]] != name:
-            best = float(marks.scores[:, column[name]].max()) if len(marks.scores) else None
-            errors.append({"class": index, "kind": "present student not marked", "student": name,
+    for name in demo_class.present:
+        if name not in marked or people[marked[name]] != name:
+            best = float(scores[:, column[name]].max()) if len(scores) else None
+            errors.append({"class": demo_class.index, "kind": "present student not marked", "student": name,
                            "best_score": None if best is None else round(best, 4), "threshold": round(threshold, 4)})
-    for name, owner in marked.items():
-        if owner is not None and who[owner] == name:
+    for name, face in marked.items():
+        if people[face] == name:
             continue
-        kind = ("absent student marked" if name in absent else "stranger marked as a student"
-                if owner is not None and who[owner] is None else "marked on another face")
-        face = next(face for face, student in marks.pairs if names[student] == name)
-        errors.append({"class": index, "kind": kind, "student": name, "face_of": None if owner is None else who[owner],
-                       "score": round(float(marks.scores[face, column[name]]), 4), "threshold": round(threshold, 4)})
-    return errors
+        kind = ("absent student marked" if name in demo_class.absent else "stranger marked as a student"
+                if demo_class.face_strangers[face] else "marked on another face")
+        errors.append({"class": demo_class.index, "kind": kind, "student": name, "face_of": people[face],
+                       "score": round(float(scores[face, column[name]]), 4), "threshold": round(threshold, 4)})
+    return counts, errors
+
+
+def rates(totals: dict) -> dict:
+    """Precision and the three rates of summed ``class_outcome`` counts."""
+    return {"precision": round(totals["present_marked"] / max(totals["marks"], 1), 4),
+            "present_marked_rate": round(totals["present_marked"] / max(totals["present"], 1), 4),
+            "absent_marked_rate": round(totals["absent_marked"] / max(totals["absent"], 1), 4),
+            "strangers_marked_rate": round(totals["strangers_marked"] / max(totals["strangers"], 1), 4)}
 
 
 def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, verbose: bool = False) -> dict:
-
     demo = cfg["demo"]
     classes = classes or demo["classes"]
     if demo["present"] > demo["students"]:
         raise ConfigError(f"demo.present ({demo['present']}) cannot exceed demo.students ({demo['students']})")
-    image_dir = find_lfw(lfw_root or demo["lfw_root"])
-    people = people_with_photos(image_dir, demo["folds"])
-    eligible = [name for name, photos in people.items() if len(photos) > demo["enroll_photos"]]
-    if len(eligible) < demo["students"]:
-        raise ConfigError(f"{image_dir}: only {len(eligible)} people have more than {demo['enroll_photos']} photos")
-    rng = np.random.default_rng(demo["seed"])
+    people = people_with_photos(find_lfw(lfw_root or demo["lfw_root"]), demo["folds"])
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="attendance_demo_"))
-    totals = {"marks": 0, "present": 0, "present_marked": 0, "present_near_threshold": 0, "absent": 0,
-              "absent_marked": 0, "strangers": 0, "strangers_marked": 0, "seconds_mark": 0.0}
+    totals = Counter()
+    seconds_mark = 0.0
     errors: list[dict] = []
     service = AttendanceService(cfg, db_path=workdir / "demo.sqlite", verbose=verbose)
     try:
-        for index in tqdm(range(classes), desc="classes", unit="class"):
-            class_name = f"demo{index}"
-            class_photos, tried = enroll_class(service, class_name, iter(rng.permutation(eligible).tolist()), people,
-                                               demo, workdir / f"roster{index}", rng)
-            enrolled = sorted(class_photos)
-            others = [name for name in people if name not in tried]
-            strangers = [str(s) for s in rng.choice(others, demo["strangers"], replace=False)]
-            present = [str(s) for s in rng.choice(enrolled, demo["present"], replace=False)]
-            photos = [class_photos[name] for name in present]
-            photos += [people[name][int(rng.integers(0, len(people[name])))] for name in strangers]
-            who = present + [None] * len(strangers)
-            canvas, regions = compose_class_photo(photos, tuple(demo["canvas"]), rng)
-            start = time.perf_counter()
-            gallery, threshold, _, [marks] = service.match_photos(class_name, [(f"class{index}.jpg", canvas)])
-            totals["seconds_mark"] += time.perf_counter() - start
-            marked = {gallery.names[student]: _owner(marks.detections.boxes[face].tolist(), regions)
-                      for face, student in marks.pairs}
-            totals["marks"] += len(marked)
-            totals["present"] += len(present)
-            totals["present_marked"] += sum(1 for name in present
-                                            if marked.get(name) is not None and who[marked[name]] == name)
-            absent = [name for name in enrolled if name not in present]
-            totals["absent"] += len(absent)
-            totals["absent_marked"] += sum(1 for name in absent if name in marked)
-            totals["strangers"] += len(strangers)
-            totals["strangers_marked"] += sum(1 for owner in marked.values()
-                                              if owner is not None and who[owner] is None)
-            totals["present_near_threshold"] += near_threshold(present, who, marks, gallery.names, threshold,
-                                                               regions)
-            errors.extend(_class_errors(index, present, absent, who, marked, marks, gallery.names, threshold))
-            if index == 0:
-                cv2.imwrite(str(out / "class0_annotated.jpg"), annotate(canvas, marks, gallery.names))
+        for demo_class in tqdm(demo_classes(service, demo, people, classes, workdir), total=classes, desc="classes",
+                               unit="class"):
+            marks = demo_class.marks
+            counts, class_errors = class_outcome(demo_class, marks.scores, marks.pairs, demo_class.threshold)
+            totals.update(counts)
+            errors.extend(class_errors)
+            seconds_mark += demo_class.seconds
+            if demo_class.index == 0:
+                cv2.imwrite(str(out / "class0_annotated.jpg"), annotate(demo_class.canvas, marks, demo_class.names))
     finally:
         service.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    figures = {"classes": classes, "folds": demo["folds"] or "all", "students_per_class": demo["students"], "present_per_class": demo["present"],
-               "strangers_per_class": demo["strangers"],
-               "precision": round(totals["present_marked"] / max(totals["marks"], 1), 4),
-               "present_marked_rate": round(totals["present_marked"] / totals["present"], 4),
-               "absent_marked_rate": round(totals["absent_marked"] / max(totals["absent"], 1), 4),
-               "strangers_marked_rate": round(totals["strangers_marked"] / max(totals["strangers"], 1), 4),
-               "seconds_per_class_photo": round(totals["seconds_mark"] / classes, 2), **totals, "errors": errors}
+    figures = {"classes": classes, "folds": demo["folds"] or "all", "students_per_class": demo["students"],
+               "present_per_class": demo["present"], "strangers_per_class": demo["strangers"], **rates(totals),
+               "seconds_per_class_photo": round(seconds_mark / classes, 2), **totals,
+               "seconds_mark": round(seconds_mark, 2), "errors": errors}
     (out / "demo.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
     print(f"{classes} classes of {demo['students']} enrolled, {demo['present']} present, {demo['strangers']} "
           f"strangers: precision {figures['precision']:.1%} (marks of the right student), recall "

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.errors import InputError
-from common.config import build_config, project_path
+from common.config import ConfigError, build_config, load_yaml, project_path
 from common.io import ImageReadError, list_images, read_image
 from classroom.database import AttendanceDB, GalleryError, Mark
 from classroom.enrolment import QUALITY_DEFAULTS, check_enrollment_photo, roster_warnings
@@ -29,7 +29,7 @@ ATTENDANCE_DEFAULTS = {
     "database": None,
     "device": "cpu",
     "quality": dict(QUALITY_DEFAULTS),
-    "matching": {"target_far": 0.001, "floor": 0.9, "tail": "empirical", "min_margin": 0.0},
+    "matching": {"target_far": None, "floor": None, "tail": "normal", "min_margin": None},
     "demo": {"lfw_root": None, "folds": [], "classes": 20, "students": 30, "present": 25, "strangers": 5, "enroll_photos": 2,
              "canvas": [1920, 1080], "seed": 0},
     "web": {"max_upload_mb": 25.0, "max_files": 40, "data_dir": None},
@@ -40,10 +40,36 @@ RATES_CSV, RATES_PNG = "attendance_rates.csv", "attendance_rates.png"  # what ``
 RATE_FIELDS = ["student", "sessions", "present", "rate"]
 
 
+# the matching settings whose scale is the embedder's cosine: null in the attendance config takes the value
+# ``python -m classroom.tuning --write`` chose for the pipeline's embedder
+MATCHING_SETTINGS = ("target_far", "floor", "min_margin")
+MATCHING_FILE = project_path("configs/attendance_matching.yaml")
+
+
 def attendance_config(path=None, set_items=()) -> dict:
     cfg = build_config(ATTENDANCE_DEFAULTS, path, None, set_items)
+    for key in MATCHING_SETTINGS:
+        value = cfg["matching"][key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{path or 'the attendance config'}: matching.{key} must be a number, or null for the "
+                              f"value tuned for the pipeline's embedder; got {type(value).__name__} {value!r}")
     cfg["config_path"] = str(path) if path else None
     return cfg
+
+
+def matching_settings(matching: dict, embedder: str, tuned_file: Path = MATCHING_FILE) -> dict:
+    """``matching`` (the attendance config's section) with each null of ``MATCHING_SETTINGS`` filled from the
+    tuned entry of ``embedder`` in ``tuned_file``."""
+    missing = [key for key in MATCHING_SETTINGS if matching[key] is None]
+    if not missing:
+        return matching
+    tuned = (load_yaml(tuned_file).get("embedders") or {}) if tuned_file.is_file() else {}
+    if embedder not in tuned:
+        raise ConfigError(f"matching.{', '.join(missing)} null: take the values tuned for the embedder, but "
+                          f"{tuned_file} has none for {embedder!r} (it has: {', '.join(sorted(tuned)) or 'none'}); "
+                          "set them in the attendance config, or choose them with python -m classroom.tuning "
+                          f"--embedders {embedder.replace('+', ' ')} ... --write")
+    return {**matching, **{key: float(tuned[embedder][key]) for key in missing}}
 
 
 def default_database(cfg: dict) -> Path:
@@ -105,10 +131,14 @@ class AttendanceService:
             self._pipelines[purpose] = pipeline_from_config(pipeline_cfg, self.cfg["device"], self.verbose)
         return self._pipelines[purpose]
 
-    def unknown_threshold(self, vectors: np.ndarray, owners: np.ndarray) -> tuple[float, int]:
-        """(threshold, impostor pairs) calibrated on a gallery's photos with the configured target false-accept
-        rate, tail and floor."""
-        settings = self.cfg["matching"]
+    def matching(self, purpose: str) -> dict:
+        """The matching settings for the embedder of the ``purpose`` pipeline (``matching_settings``)."""
+        return matching_settings(self.cfg["matching"], self.pipeline(purpose).embedder.name)
+
+    def unknown_threshold(self, vectors: np.ndarray, owners: np.ndarray, purpose: str) -> tuple[float, int]:
+        """(threshold, impostor pairs) calibrated on a gallery's photos with the target false-accept rate, tail and
+        floor of the ``purpose`` pipeline's embedder."""
+        settings = self.matching(purpose)
         return calibrate_unknown_threshold(vectors, owners, settings["target_far"], settings["floor"],
                                            settings["tail"])
 
@@ -142,7 +172,7 @@ class AttendanceService:
                 if not check.ok:
                     result.rejected.append((str(photo), check.reason))
                     continue
-                vector = pipeline.embedder.embed_chips(check.chip[None]).numpy()[0]
+                vector = pipeline.embedder.embed_faces(image, check.face.landmarks)[1].numpy()[0]
                 entries.append((photo.name, vector, photo.read_bytes() if keep_photos else None))
             if not entries:
                 result.failed_students.append(name)
@@ -158,7 +188,7 @@ class AttendanceService:
             names = sorted(embeddings)
             vectors = np.concatenate([embeddings[name] for name in names])
             owners = np.concatenate([np.full(len(embeddings[name]), i) for i, name in enumerate(names)])
-            threshold, _ = self.unknown_threshold(vectors, owners)
+            threshold, _ = self.unknown_threshold(vectors, owners, "enroll")
             result.warnings = roster_warnings(embeddings, photo_names, threshold)
         for warning in result.warnings:
             print(f"warning: {warning}")
@@ -176,13 +206,15 @@ class AttendanceService:
         gallery = self.db.gallery(class_name, pipeline.embedder.cache_key)
         if not gallery.names:
             raise GalleryError(f"class {class_name!r} has no enrolled students")
-        threshold, impostor_pairs = self.unknown_threshold(gallery.vectors, gallery.owners)
+        threshold, impostor_pairs = self.unknown_threshold(gallery.vectors, gallery.owners, "mark")
+        min_margin = self.matching("mark")["min_margin"]
         results = []
         for name, image in images:
             faces = pipeline.process(image)
-            scores = student_scores(faces.embeddings.numpy(), gallery)
-            pairs = assign(scores, threshold, self.cfg["matching"]["min_margin"])
-            results.append(PhotoMarks(name, faces.detections, scores, pairs, faces.chips))
+            embeddings = faces.embeddings.numpy()
+            scores = student_scores(embeddings, gallery)
+            pairs = assign(scores, threshold, min_margin)
+            results.append(PhotoMarks(name, faces.detections, scores, pairs, faces.chips, embeddings))
         return gallery, threshold, impostor_pairs, results
 
     def create_class(self, class_name: str) -> int:

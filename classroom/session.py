@@ -16,6 +16,7 @@ class PhotoMarks:
     scores: np.ndarray
     pairs: list[tuple[int, int]]
     chips: np.ndarray = field(repr=False, default=None)
+    embeddings: np.ndarray = field(repr=False, default=None)  # (F, D) the faces', L2-normalised
 
     @property
     def unknown(self) -> list[int]:

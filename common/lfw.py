@@ -8,6 +8,8 @@ from typing import Iterable
 from common.config import ConfigError
 from common.errors import InputError
 
+REPORT_FOLD = 10  # View 2's fold whose people nothing is trained or tuned on: the report set
+
 
 def read_lfw_people_folds(people_txt: str | Path) -> list[dict[str, int]]:
     """LFW View-2 ``people.txt`` → one ``{name: image count}`` per fold (fold 1 first). The file is the number of

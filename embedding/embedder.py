@@ -97,9 +97,11 @@ class Embedder:
             embeddings = F.normalize(embeddings, dim=1) + F.normalize(self.model(batch.flip(3)).float(), dim=1)
         return embeddings.cpu()
 
-    def embed(self, image: np.ndarray, detections) -> torch.Tensor:
-        """Embeddings of every detected face of one (H, W, 3) uint8 photo, aligned by its landmarks."""
-        return self.embed_chips(self.alignment.align(image, detections.landmarks))
+    def embed_faces(self, image: np.ndarray, landmarks) -> tuple[np.ndarray, torch.Tensor]:
+        """((N, S, S, 3) uint8 chips, (N, D) embeddings) of the faces at (N, 5, 2) ``landmarks`` (photo px) of one
+        (H, W, 3) uint8 photo."""
+        chips = self.alignment.align(image, landmarks)
+        return chips, self.embed_chips(chips)
 
     @property
     def dim(self) -> int:

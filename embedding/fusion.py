@@ -7,7 +7,8 @@ embeddings is the weighted mean of the members' cosines:
     cos(fused_a, fused_b) = sum_i (w_i / W) * cos_i(a, b),   W = sum_i w_i
 
 so every consumer of cosines — the verifier's threshold, the 10-fold protocol — scores the weighted combination
-of the members' scores without knowing it is one. The weights carry the per-embedder calibration: members whose
+of the members' scores without knowing it is one; so does attendance (``embed_faces``: each member aligns a photo's
+faces its own way). The weights carry the per-embedder calibration: members whose
 cosines spread differently get weights that put them on one scale (``pipeline.embedder_fusion`` fits them by
 logistic regression on LFW View 1).
 """
@@ -54,6 +55,17 @@ class FusedEmbedder:
     @property
     def flip(self) -> bool:
         return all(member.flip for member in self.members)
+
+    @property
+    def alignment(self):
+        """The first member's alignment: the chips a fusion shows (thumbnails) and checks (enrolment sharpness)."""
+        return self.members[0].alignment
+
+    def embed_faces(self, image: np.ndarray, landmarks) -> tuple[np.ndarray, torch.Tensor]:
+        """((N, S, S, 3) uint8 chips of the first member, (N, sum D_i) fused embeddings) of the faces at (N, 5, 2)
+        ``landmarks`` of one photo: each member embeds the chips of its own alignment."""
+        embedded = [member.embed_faces(image, landmarks) for member in self.members]
+        return embedded[0][0], torch.from_numpy(self.fuse([embeddings for _, embeddings in embedded]))
 
     def fuse(self, embeddings: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray:
         """(N, sum D_i) float32 unit vectors from each member's (N, D_i) L2-normalised embeddings, in order."""

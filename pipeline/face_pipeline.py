@@ -19,11 +19,10 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 import torch
 
-from common.config import ConfigError
 from common.detections import Detections
 from common.io import read_image
 from embedding.embedder import Embedder
-from embedding.fusion import SEPARATOR
+from embedding.fusion import FusedEmbedder
 from common.engine import resolve_device
 from pipeline.build import build_embedder, fusion_from_config
 from pipeline.config import pipeline_config
@@ -96,9 +95,10 @@ def as_rgb_array(image: Image) -> np.ndarray:
 
 class FacePipeline:
     """``pipeline(image)`` → ``Faces``. ``detector``: any photo detector (``detect(list) -> list[Detections]``);
-    ``embedder``: an ``embedding.embedder.Embedder``. ``verbose`` prints each stage's time per photo."""
+    ``embedder``: an ``embedding.embedder.Embedder`` or a ``FusedEmbedder`` (``embedding.fusion``; the chips are
+    then its first member's). ``verbose`` prints each stage's time per photo."""
 
-    def __init__(self, detector, embedder: Embedder, verbose: bool = False):
+    def __init__(self, detector, embedder: Embedder | FusedEmbedder, verbose: bool = False):
         self.detector, self.embedder, self.verbose = detector, embedder, verbose
 
     @classmethod
@@ -109,9 +109,6 @@ class FacePipeline:
         cfg = config if isinstance(config, dict) else pipeline_config(config, set_items)
         device = str(resolve_device(device or cfg["device"]))
         section = cfg["embedding"]
-        if SEPARATOR in section["embedder"]:
-            raise ConfigError(f"embedding.embedder {section['embedder']!r}: a fusion of embedders serves evaluate.py "
-                              "and the verifier; the face pipeline takes one embedder")
         embedder = build_embedder(section["embedder"], section["weights"], device, section["flip"])
         return cls(fusion_from_config(cfg, device), embedder, verbose)
 
@@ -129,11 +126,8 @@ class FacePipeline:
             detections = self.detector.detect([image])[0]
         timings["detect"] = time.perf_counter() - start
         start = time.perf_counter()
-        chips = self.embedder.alignment.align(image, detections.landmarks)
-        timings["align"] = time.perf_counter() - start
-        start = time.perf_counter()
-        embeddings = self.embedder.embed_chips(chips)
-        timings["embed"] = time.perf_counter() - start
+        chips, embeddings = self.embedder.embed_faces(image, detections.landmarks)
+        timings["align_embed"] = time.perf_counter() - start
         if self.verbose:
             print("  ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in timings.items())
                   + f"  ({len(detections)} faces)")

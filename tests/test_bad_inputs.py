@@ -683,7 +683,8 @@ def _(env):
 
 
 @case("yaml_wrong_type_attendance", "attendance", EXIT_USAGE, "error naming the key and the types",
-      "bad.yaml: matching.floor must be float (like 0.9), got str 'high'")
+      "bad.yaml: matching.floor must be a number, or null for the value tuned for the pipeline's embedder; got str "
+      "'high'")
 def _(env):
     path = _yaml(env, "matching:\n  floor: high\n")
     return ["report", "--class", "7B", "--config", str(path), "--db", str(env.tmp / "a.sqlite")], None

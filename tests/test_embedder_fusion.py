@@ -12,6 +12,7 @@ import torch.nn as nn
 import evaluate
 import pipeline.build as build
 from common.config import ConfigError
+from common.io import read_image
 from common.registry import register_embedder
 from embedding.align import scaled_template
 from embedding.embedder import Alignment, Embedder
@@ -112,7 +113,15 @@ def test_evaluate_lfw_with_a_fusion_of_embedders(tmp_path, monkeypatch):
     assert report["embedder"] == "test_fusion_a+test_fusion_b" and report["n_pairs"] == 20
 
 
-def test_the_face_pipeline_refuses_a_fusion():
-    cfg = pipeline_config(ROOT / "configs" / "pipeline.yaml", ["embedding.embedder=test_fusion_a+test_fusion_b"])
-    with pytest.raises(ConfigError, match="face pipeline takes one embedder"):
-        FacePipeline.from_config(cfg)
+def test_the_face_pipeline_runs_a_fusion_each_member_on_its_own_chips(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "EMBEDDER_FUSION_CONFIG", tmp_path / "none.yaml")
+    cfg = pipeline_config(ROOT / "configs" / "pipeline.yaml", ["embedding.embedder=test_fusion_a+test_fusion_b",
+                                                               "detection.detectors=[mtcnn]"])
+    pipeline = FacePipeline.from_config(cfg)
+    image = read_image(shared_path("data", "lfw", "deepfunneled", "Colin_Powell", "Colin_Powell_0001.jpg"))
+    faces = pipeline(image)
+    fusion = pipeline.embedder
+    members = [member.embed_chips(member.alignment.align(image, faces.landmarks)).numpy()
+               for member in fusion.members]
+    np.testing.assert_allclose(faces.embeddings.numpy(), fusion.fuse(members), atol=1e-6)
+    assert faces.chips.shape[1:] == (24, 24, 3)  # the first member's chips: thumbnails, enrolment checks
