@@ -58,7 +58,8 @@ def run_detectors(items: list[dict], loose: bool = False) -> tuple[dict[str, lis
 
 
 def score(found: list[Detections], items: list[dict], threshold: float) -> dict:
-    curve = average_precision([{**item, "pred_boxes": d.boxes, "pred_scores": d.scores} for d, item in zip(found, items)])
+    curve = average_precision([{**item, "pred_boxes": d.boxes, "pred_scores": d.scores}
+                               for d, item in zip(found, items)])
     precision, recall = curve.at_threshold(threshold)
     return {"ap": round(curve.ap, 4), "precision": round(precision, 3), "recall": round(recall, 3),
             "threshold": threshold}

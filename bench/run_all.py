@@ -236,7 +236,8 @@ def main(argv=None) -> int:
     (args.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (args.out_dir / "results.md").write_text(markdown(results), encoding="utf-8")
     failed = [name for name, entry in results["benches"].items() if "error" in entry]
-    print(f"wrote {args.out_dir / 'results.md'} and results.json" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(f"wrote {args.out_dir / 'results.md'} and results.json"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

@@ -186,7 +186,8 @@ class AttendanceDB:
             "WHERE s.class_id = ? ORDER BY e.id", (class_id,)).fetchall()
         vectors = (np.stack([np.frombuffer(vector, np.float32) for _, vector, _ in rows]) if rows
                    else np.zeros((0, 0), np.float32))
-        return Gallery(class_id, [name for _, name in students], vectors, np.array([index[student_id] for student_id, _, _ in rows], dtype=np.int64),
+        owners = np.array([index[student_id] for student_id, _, _ in rows], dtype=np.int64)
+        return Gallery(class_id, [name for _, name in students], vectors, owners,
                        [photo for _, _, photo in rows])
 
     # ------------------------------------------------------------------ sessions

@@ -118,7 +118,8 @@ class Trainer:
         self.device = device
         self.model = model.to(device)
         if dist.is_initialized():
-            self.model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.model = DistributedDataParallel(self.model,
+                                                 device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.step_fn, self.evaluate_fn, self.visualize_fn = step_fn, evaluate_fn, visualize_fn
         self.checkpoint_dir, self.name = Path(checkpoint_dir), name

@@ -236,10 +236,10 @@ class PKSampler(Sampler):
 
     Only identities with at least ``min_images`` (≥ 2: a triplet needs a positive) images take part. An identity
     with fewer than K images gives each of its images once and the rest of its K slots drawn with replacement (they
-    repeat within the batch, each augmented differently) when ``fewer_than_k='replace'``, or left out when ``'skip'``. Each epoch shuffles the
-    identities with a generator seeded by (seed, epoch); under DDP every rank takes a disjoint shard
-    (identities[rank::world], cut to the same length on every rank so all ranks run the same number of steps).
-    One epoch visits every identity of the shard once: len = shard size // P batches.
+    repeat within the batch, each augmented differently) when ``fewer_than_k='replace'``, or left out when
+    ``'skip'``. Each epoch shuffles the identities with a generator seeded by (seed, epoch); under DDP every rank
+    takes a disjoint shard (identities[rank::world], cut to the same length on every rank so all ranks run the same
+    number of steps). One epoch visits every identity of the shard once: len = shard size // P batches.
     """
 
     def __init__(self, labels: Sequence[int], identities_per_batch: int, images_per_identity: int, seed: int = 0,

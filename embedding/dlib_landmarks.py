@@ -98,7 +98,8 @@ class ShapePredictor:
             offsets = self.deltas[cascade] @ turn.transpose(0, 2, 1)  # (F, 2) @ (N, 2, 2) → (N, F, 2)
             normalised = offsets + shape[:, self.anchors[cascade]]  # (N, F, 2)
             pixels = np.floor(origin + normalised * extent + 0.5).astype(np.int64)  # dlib rounds to the nearest px
-            inside = (pixels[..., 0] >= 0) & (pixels[..., 0] < width) & (pixels[..., 1] >= 0) & (pixels[..., 1] < height)
+            inside = ((pixels[..., 0] >= 0) & (pixels[..., 0] < width)
+                      & (pixels[..., 1] >= 0) & (pixels[..., 1] < height))
             rgb = image[pixels[..., 1].clip(0, height - 1), pixels[..., 0].clip(0, width - 1)]  # (N, F, 3)
             grey = rgb.astype(np.int32).sum(-1) // 3  # dlib's rgb → grey, only where the trees look
             values = np.where(inside, grey, 0).astype(np.float32)  # (N, F)

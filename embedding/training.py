@@ -47,7 +47,8 @@ EMBEDDING_DEFAULTS = {
     # or mtcnn (detect + 5-point alignment, once, cached under cache_dir). lfw_people + lfw_train_folds restrict the
     # identities to LFW View-2 folds (1-based); identities: an explicit list. Identities with fewer than
     # min_images images are not used; val_fraction of the rest are held out for verification pairs.
-    "data": {"root": None, "cache_dir": "runs/embedding/chips", "align": "mtcnn", "crop_fraction": 1.0, "lfw_people": None,
+    "data": {"root": None, "cache_dir": "runs/embedding/chips", "align": "mtcnn", "crop_fraction": 1.0,
+             "lfw_people": None,
              "lfw_train_folds": [], "identities": None, "min_images": 2, "val_fraction": 0.1, "split_seed": 42,
              "images_per_identity": 4, "fewer_than_k": "replace", "val_max_pairs": 3000, "augment": True,
              "augmentation": dict(DEFAULT_AUGMENTATION)},
@@ -56,7 +57,8 @@ EMBEDDING_DEFAULTS = {
     # batch_size = P identities × data.images_per_identity images
     "train": {"epochs": 50, "batch_size": 64, "lr": 1e-3, "weight_decay": 5e-4, "grad_clip": 10.0,
               "num_workers": 2, "device": "auto", "seed": 0, "amp": True, "checkpoint_every": 10},
-    "output": {"checkpoint_dir": "runs/embedding/checkpoints", "log_dir": "runs/embedding/logs", "resume": None, "auto_resume": True},
+    "output": {"checkpoint_dir": "runs/embedding/checkpoints", "log_dir": "runs/embedding/logs", "resume": None,
+               "auto_resume": True},
 }
 
 

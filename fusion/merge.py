@@ -100,7 +100,8 @@ def _soft_nms(faces: Detections, sources: torch.Tensor, settings: FusionSettings
 
 def _wbf(faces: Detections, sources: torch.Tensor, settings: FusionSettings, num_sources: int
          ) -> tuple[Detections, torch.Tensor]:
-    weights = torch.ones(num_sources) if settings.weights is None else torch.tensor(settings.weights, dtype=torch.float32)
+    weights = (torch.ones(num_sources) if settings.weights is None
+               else torch.tensor(settings.weights, dtype=torch.float32))
     order = torch.argsort(faces.scores, descending=True)
     members: list[list[int]] = []
     fused_boxes = torch.zeros(0, 4)

@@ -139,7 +139,8 @@ class MTCNNDetector:
         offsets, points, logits = (torch.cat(t) for t in zip(*outputs))
         scores = F.softmax(logits, dim=1)[:, 1]
         passed = scores > self.thresholds[2]
-        ids, boxes, scores, offsets, points = ids[passed], boxes[passed], scores[passed], offsets[passed], points[passed]
+        ids, boxes, scores = ids[passed], boxes[passed], scores[passed]
+        offsets, points = offsets[passed], points[passed]
         landmarks = decode_landmarks(points, boxes)
         boxes = calibrate(boxes, offsets, inclusive=True)
         keep = min_overlap_nms(boxes, scores, ids)

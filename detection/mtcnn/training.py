@@ -352,6 +352,5 @@ def run_mtcnn_training(cfg: dict) -> dict[str, list[dict]]:
     return histories
 
 
-__all__ = ["EXPORT_NAME", "MTCNN_DEFAULTS", "MTCNNStageTask", "cascade_average_precision",
-           "cascade_proposer", "export_cascade", "initial_nets", "load_weights_file", "mtcnn_from_config",
-           "run_mtcnn_training", "stages_to_train", "train_stage"]
+__all__ = ["EXPORT_NAME", "MTCNNStageTask", "cascade_average_precision", "cascade_proposer", "export_cascade",
+           "initial_nets", "load_weights_file", "run_mtcnn_training", "stages_to_train", "train_stage"]
