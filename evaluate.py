@@ -4,6 +4,7 @@
     python evaluate.py --benchmark detection --detector blazeface \\
         --data ../shared/data/detection/dlib_faces/testing.xml --out results.json --plot pr.png
     python evaluate.py --benchmark lfw --embedder dlib_resnet --detector mtcnn --out runs/lfw.json
+    python evaluate.py --benchmark lfw --embedder sface --probe-face-px 24     # one photo of each pair: a 24-px face
     python evaluate.py --benchmark pairs --pairs my_pairs.csv --images photos/ --embedder facenet
     python evaluate.py --benchmark wider --predictions runs/wider_val [--images WIDER_val/images --detector retinaface]
 
@@ -31,6 +32,7 @@ FLAG_BENCHMARKS = {
     "embedder": ("lfw", "pairs"), "verifier": ("lfw", "pairs"), "classifier": ("lfw", "pairs"),
     "metric": ("lfw", "pairs"), "jitter": ("lfw", "pairs"), "flip": ("lfw", "pairs"), "align": ("lfw", "pairs"),
     "folds": ("lfw", "pairs"), "cache_dir": ("lfw", "pairs"), "limit": ("lfw", "pairs"),
+    "probe_face_px": ("lfw", "pairs"),
     "lfw_root": ("lfw",), "pairs": ("pairs",), "images": ("pairs", "wider"),
     "predictions": ("wider",), "wider_gt": ("wider",),
 }
@@ -86,6 +88,10 @@ def parse_args(argv):
     verification.add_argument("--limit", type=int, metavar="N",
                               help="only N pairs of each fold (its first N/2 same and N/2 different pairs): a "
                                    "quick check, not the protocol")
+    verification.add_argument("--probe-face-px", type=int, metavar="N",
+                              help="cross-resolution: shrink the second photo of every pair so its face is N px "
+                                   "wide (area resampling, back to size, JPEG 90), as a face at the back of a class "
+                                   "photo; the protocol is unchanged")
     wider = parser.add_argument_group("wider (WIDER FACE val, scored as the official evaluation)")
     wider.add_argument("--predictions", help="prediction folder <event>/<image>.txt (written first with --images)")
     wider.add_argument("--wider-gt", help="folder of wider_face_val.mat and wider_{easy,medium,hard}_val.mat "
@@ -122,7 +128,8 @@ def main(argv=None) -> int:
             pairs, description, benchmark=args.benchmark, embedder=args.embedder or "dlib_resnet",
             verifier=args.verifier or "threshold", metric=args.metric or "cosine",
             classifier=args.classifier or "logistic", jitter=args.jitter or 0, flip=args.flip, align=args.align,
-            folds=args.folds, limit=args.limit, cache_dir=args.cache_dir, **shared)
+            folds=args.folds, limit=args.limit, probe_face_px=args.probe_face_px, cache_dir=args.cache_dir,
+            **shared)
         return 0
     detection = {"config": args.config, "tile_zooms": args.tile_zooms, "iou": 0.5 if args.iou is None else args.iou,
                  "score_threshold": AP_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold}

@@ -69,7 +69,7 @@ def jitter_chips(chips: np.ndarray, copies: int, rng: np.random.Generator) -> np
     return out
 
 
-def _stamp(path: Path) -> str:
+def file_stamp(path: Path) -> str:
     status = path.stat()
     return f"{path.resolve()}|{status.st_size}|{status.st_mtime_ns}"
 
@@ -160,7 +160,7 @@ def embed_images(paths: Sequence[str | Path], embedder, detector, detector_name:
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
-    stamps = [_stamp(path) for path in paths]
+    stamps = [file_stamp(path) for path in paths]
     cache = RecordCache(cache_dir, f"{embedder.cache_key}|detector={detector_name}|jitter={jitter}",
                         ("embedding", "no_face"))
     faces = RecordCache(cache_dir, f"faces|detector={detector_name}", ("landmarks",))

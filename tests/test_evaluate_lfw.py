@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -256,3 +257,30 @@ def test_train_matching_stage_fits_and_saves_a_classifier(tmp_path):
     assert figures["train_pairs"] == 24 and 0.5 <= figures["train_accuracy"] <= 1
     assert (tmp_path / "out" / "verifier.config.yaml").is_file()
     assert train.run_cli(train.main, ["--stage", "matching", "--epochs", "3"]) == 2
+
+
+def test_shrunk_photo_keeps_the_size_and_only_face_px_of_detail():
+    image = np.zeros((250, 250, 3), np.uint8)
+    image[::2] = 255  # stripes 1 px high: detail that a face shrunk from 100 to 24 px cannot keep
+    shrunk = cv2.imdecode(np.frombuffer(benchmark.shrunk_photo(image, 100.0, 24), np.uint8), cv2.IMREAD_COLOR)
+    assert shrunk.shape == image.shape
+    assert np.abs(np.diff(shrunk[100:150, 100, 0].astype(int))).max() < 40  # the stripes are gone: flat grey
+    kept = cv2.imdecode(np.frombuffer(benchmark.shrunk_photo(image, 20.0, 24), np.uint8), cv2.IMREAD_COLOR)
+    assert np.abs(np.diff(kept[100:150, 100, 0].astype(int))).max() > 200  # a face already that small: JPEG only
+
+
+def test_evaluate_lfw_with_small_probe_faces(tmp_path):
+    root = shared_path("data", "lfw")
+    argv = ["--benchmark", "lfw", "--embedder", TEST_EMBEDDER, "--lfw-root", str(root), "--limit", "2",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "lfw.json")]
+    assert evaluate.main(argv + ["--probe-face-px", "16"]) == 0
+    report = json.loads((tmp_path / "lfw.json").read_text())
+    probes = sorted((tmp_path / "cache" / "probes" / "mtcnn-16px").rglob("*.jpg"))
+    assert report["probe_face_px"] == 16 and "16 px wide" in report["probe"] and report["n_pairs"] == 20
+    assert len(probes) == len({pair.path_y for pair in benchmark.limit_pairs(benchmark.lfw_pairs(root)[0], 2)})
+    first = cv2.imread(str(probes[0]))
+    assert first.shape == (250, 250, 3)
+    assert evaluate.main(argv + ["--probe-face-px", "16"]) == 0  # the copies are reused, not written again
+    assert [probe.stat().st_mtime_ns for probe in probes] == [
+        probe.stat().st_mtime_ns for probe in sorted((tmp_path / "cache" / "probes" / "mtcnn-16px").rglob("*.jpg"))]
+    assert evaluate.run_cli(evaluate.main, argv + ["--probe-face-px", "2"]) == 2
