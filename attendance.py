@@ -17,12 +17,11 @@ import sys
 from pathlib import Path
 
 from classroom.demo import run_demo
-from classroom.service import AttendanceService, attendance_config, iso_date
+from classroom.service import AttendanceService, attendance_config, default_attendance_config, iso_date
 from classroom.webapp import serve
 from common.cli import run_cli
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_CONFIG = ROOT / "configs" / "attendance.yaml"
+DEFAULT_CONFIG = default_attendance_config()
 
 
 def parse_args(argv):

@@ -17,17 +17,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from classroom.benchmark import run_classroom_benchmark
+from classroom.service import attendance_config, default_attendance_config
 from common.cli import run_cli
 from pipeline.benchmarks import AP_SCORE_THRESHOLD, run_detection_benchmark, run_wider_benchmark
 from pipeline.build import list_detectors
 from pipeline.verification import csv_pairs, lfw_pairs, run_verification_benchmark
 
-BENCHMARKS = ("detection", "lfw", "pairs", "wider")
+BENCHMARKS = ("detection", "lfw", "pairs", "wider", "classroom")
 DEFAULT_DETECTOR = {"detection": "blazeface", "lfw": "mtcnn", "pairs": "mtcnn", "wider": "retinaface"}
 DETECTION = ("detection", "wider")
 # Every flag that only some benchmarks use → those benchmarks; given to another benchmark it is refused.
 FLAG_BENCHMARKS = {
-    "config": DETECTION, "tile_zooms": DETECTION, "score_threshold": DETECTION, "iou": DETECTION,
+    "config": (*DETECTION, "classroom"), "tile_zooms": DETECTION, "score_threshold": DETECTION, "iou": DETECTION,
     "data": ("detection",), "data_root": ("detection",), "format": ("detection",),
     "embedder": ("lfw", "pairs"), "verifier": ("lfw", "pairs"), "classifier": ("lfw", "pairs"),
     "metric": ("lfw", "pairs"), "jitter": ("lfw", "pairs"), "flip": ("lfw", "pairs"), "align": ("lfw", "pairs"),
@@ -35,6 +37,7 @@ FLAG_BENCHMARKS = {
     "probe_face_px": ("lfw", "pairs"),
     "lfw_root": ("lfw",), "pairs": ("pairs",), "images": ("pairs", "wider"),
     "predictions": ("wider",), "wider_gt": ("wider",),
+    "classes": ("classroom",), "split": ("classroom",), "reference": ("classroom",),
 }
 # --benchmark wider: the flags of the detector that writes the predictions, used only with --images
 WIDER_DETECTING_FLAGS = ("detector", "config", "weights", "tile_zooms", "score_threshold", "device")
@@ -45,7 +48,8 @@ def parse_args(argv):
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     parser.add_argument("--detector", choices=list_detectors(),
                         help="default: blazeface for detection, mtcnn for lfw/pairs")
-    parser.add_argument("--config", help="detector config (default: configs/detection_<detector>.yaml)")
+    parser.add_argument("--config", help="detector config (default: configs/detection_<detector>.yaml); classroom: "
+                                         "the attendance config (default: configs/attendance.yaml)")
     parser.add_argument("--weights", help="weights to evaluate: the detector's (detection; default: model.weights "
                                           "of the config) or the embedder's (lfw/pairs)")
     parser.add_argument("--data",
@@ -96,13 +100,25 @@ def parse_args(argv):
     wider.add_argument("--predictions", help="prediction folder <event>/<image>.txt (written first with --images)")
     wider.add_argument("--wider-gt", help="folder of wider_face_val.mat and wider_{easy,medium,hard}_val.mat "
                                           "(default: ../shared/data/detection/wider_val_ground_truth)")
+    classroom = parser.add_argument_group("classroom (attendance on generated class photos; settings: the "
+                                          "attendance config's benchmark section)")
+    classroom.add_argument("--classes", type=int, help="classes to generate (default: benchmark.classes)")
+    classroom.add_argument("--split", choices=["tune", "report"],
+                           help="report: people of LFW fold 10 (default); tune: folds 1-9, other seeds")
+    classroom.add_argument("--reference", choices=["face_recognition"],
+                           help="also score face_recognition's recipe on the same photos")
     args = parser.parse_args(argv)
+    if args.benchmark == "classroom":
+        unused = [flag for flag in ("detector", "weights", "device") if getattr(args, flag) is not None]
+        if unused:
+            parser.error(f"{', '.join('--' + flag for flag in unused)}: the classroom benchmark runs the attendance "
+                         "config's pipeline and device; set them there (--config)")
     if args.benchmark == "wider" and not args.images:
         unused = [flag for flag in WIDER_DETECTING_FLAGS if getattr(args, flag) is not None]
         if unused:
             parser.error(f"{', '.join('--' + flag.replace('_', '-') for flag in unused)} shape the detector that "
                          "writes --predictions and apply to --benchmark wider only with --images")
-    args.detector = args.detector or DEFAULT_DETECTOR[args.benchmark]
+    args.detector = args.detector or DEFAULT_DETECTOR.get(args.benchmark)
     misplaced = [flag for flag, benchmarks in FLAG_BENCHMARKS.items()
                  if getattr(args, flag) not in (None, False) and args.benchmark not in benchmarks]
     if misplaced:
@@ -119,6 +135,10 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.benchmark == "classroom":
+        cfg = attendance_config(args.config or default_attendance_config())
+        run_classroom_benchmark(cfg, args.split, args.classes, args.reference, args.out, args.plot)
+        return 0
     shared = {"detector": args.detector, "weights": args.weights, "device": args.device or "cpu", "out": args.out,
               "plot": args.plot}
     if args.benchmark in ("lfw", "pairs"):

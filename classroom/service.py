@@ -33,6 +33,9 @@ ATTENDANCE_DEFAULTS = {
     "demo": {"lfw_root": None, "folds": [], "classes": 20, "students": 30, "present": 25, "strangers": 5,
              "enroll_photos": 2,
              "canvas": [1920, 1080], "seed": 0},
+    "benchmark": {"split": "report", "classes": 10, "students": 40, "present": 35, "strangers": 5, "enroll_photos": 3,
+                  "row_face_px": [30.0, 40.0, 54.0, 72.0, 100.0], "seats_per_row": 8,
+                  "photo_sizes": [[3840, 2160], [1920, 1080]], "seed": 0},
     "web": {"max_upload_mb": 25.0, "max_files": 40, "data_dir": None},
     "config_path": None,
 }
@@ -45,6 +48,11 @@ RATE_FIELDS = ["student", "sessions", "present", "rate"]
 # ``python -m classroom.tuning --write`` chose for the pipeline's embedder
 MATCHING_SETTINGS = ("target_far", "floor", "min_margin")
 MATCHING_FILE = project_path("configs/attendance_matching.yaml")
+
+
+def default_attendance_config() -> Path:
+    """``configs/attendance.yaml`` of the project."""
+    return project_path("configs/attendance.yaml")
 
 
 def attendance_config(path=None, set_items=()) -> dict:

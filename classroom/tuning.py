@@ -34,7 +34,8 @@ import yaml
 from tqdm import tqdm
 
 from classroom.demo import DemoClass, class_outcome, demo_classes, find_lfw, people_with_photos, rates
-from classroom.service import MATCHING_FILE, MATCHING_SETTINGS, AttendanceService, attendance_config
+from classroom.service import (MATCHING_FILE, MATCHING_SETTINGS, AttendanceService, attendance_config,
+                               default_attendance_config)
 from common.cli import run_cli
 from common.config import ConfigError
 from common.lfw import REPORT_FOLD
@@ -173,8 +174,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if len(args.embedders) < 2:
         parser.error("--embedders needs two or more names (every subset is a candidate)")
-    cfg = attendance_config(args.config or Path(__file__).resolve().parents[1] / "configs" / "attendance.yaml",
-                            args.set)
+    cfg = attendance_config(args.config or default_attendance_config(), args.set)
     folds = cfg["demo"]["folds"] or TUNE_FOLDS
     if REPORT_FOLD in folds:
         raise ConfigError(f"demo.folds {folds}: fold {REPORT_FOLD}'s people are the report set; tune on others")

@@ -1,0 +1,392 @@
+"""``evaluate.py --benchmark classroom``: attendance on generated photos of a class as a phone takes them.
+
+Per class (settings: the ``benchmark`` section of the attendance config):
+
+- ``students`` people with two or more photos are enrolled, each from up to ``enroll_photos`` of their photos (the
+  service's own checks; a student none of whose photos passes stays unenrolled, and is a miss when present);
+- another photo of ``present`` of them and one photo each of ``strangers`` people not enrolled are seated in rows
+  of ``seats_per_row``: row ``r``'s faces are ``row_face_px[r]`` px wide (back row first, ±10 %) at the first photo
+  size, rows further back are narrower and higher, front rows cover the shoulders of the row behind; each
+  head-and-shoulders crop is blended onto a wall with a feathered edge;
+- the photo is lit unevenly (a brightness ramp, gamma, a colour cast), slightly blurred, given sensor noise and
+  JPEG-coded, as a phone would; the same photo is scored at every size of ``photo_sizes`` (shrunk by area).
+
+Splits: ``report`` draws only the people of LFW fold 10 (``people.txt``), seeds from ``REPORT_SEED``; ``tune``
+draws the people of folds 1-9, seeds from 0. Nothing is tuned on the report split.
+
+Per photo size: present students marked on their own face (recall), absent students and strangers marked, every
+wrong mark, each with its 95 % interval; recall and detection per face-size bin (the face's width in the photo);
+seconds per photo. ``reference="face_recognition"`` scores face_recognition's recipe (HOG with one upsampling,
+its 128-d encodings, the nearest enrolled face at distance <= 0.6) on the same photos.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from classroom.demo import find_lfw, people_with_photos
+from classroom.service import AttendanceService
+from common.boxes import box_iou
+from common.config import ConfigError
+from common.lfw import REPORT_FOLD
+from common.stats import rate_figure
+
+REPORT_SEED = 1000  # report classes use seeds REPORT_SEED + seed + i; tune classes seed + i
+SPLIT_FOLDS = {"tune": [fold for fold in range(1, 11) if fold != REPORT_FOLD], "report": [REPORT_FOLD]}
+SIZE_BINS = (0, 16, 24, 32, 48, 64, 96)  # face width bins (px): <16, 16-24, ..., >=96
+HEAD_CROP = (25, 15, 225, 250)  # x1, y1, x2, y2 of a 250-px LFW photo pasted: head and shoulders
+NOMINAL_FACE = (80.0, 65.0, 172.0, 187.0)  # the face box of an LFW photo without a detected face (median MTCNN)
+SEAT_SPACING = 3.6   # seat centres apart, in face widths of the row (people ~0.6 m apart, faces ~0.16 m wide)
+ROW_SPREAD = 1.8     # vertical distance between rows, relative to the least that keeps faces uncovered
+OWNER_IOU = 0.3      # a detection is the face of the seat whose face box it overlaps this much
+REFERENCE_TOLERANCE = 0.6  # face_recognition's default distance for a match
+
+
+@dataclass
+class Seat:
+    person: str
+    enrolled: bool       # a student on the class's roster (False: a stranger)
+    box: np.ndarray      # (4,) xyxy face box at the first photo size
+
+
+@dataclass
+class ClassPhoto:
+    image: np.ndarray    # (H, W, 3) uint8 RGB before the phone's JPEG, at the first photo size
+    seats: list[Seat]
+
+
+def size_bin(width: float) -> str:
+    edges = SIZE_BINS
+    for low, high in zip(edges, edges[1:]):
+        if width < high:
+            return f"{low}-{high}"
+    return f">={edges[-1]}"
+
+
+def wall(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: a painted wall, lit from above, with a faint low-frequency texture."""
+    colour = rng.uniform(120, 200, 3)
+    ramp = np.linspace(1.1, 0.85, height)[:, None, None]  # (H, 1, 1)
+    texture = cv2.resize(rng.normal(0, 6, (height // 64 + 2, width // 64 + 2)).astype(np.float32), (width, height),
+                         interpolation=cv2.INTER_CUBIC)[..., None]  # (H, W, 1)
+    return np.clip(colour * ramp + texture, 0, 255).astype(np.uint8)
+
+
+def feathered_mask(height: int, width: int) -> np.ndarray:
+    """(H, W, 1) float32 in [0, 1]: an ellipse filling the crop, its edge blurred over a tenth of its width."""
+    mask = np.zeros((height, width), np.float32)
+    cv2.ellipse(mask, (width // 2, height // 2), (int(width * 0.46), int(height * 0.52)), 0, 0, 360, 1.0, -1)
+    sigma = max(1.0, width / 10)
+    return cv2.GaussianBlur(mask, (0, 0), sigma)[..., None]
+
+
+def seat_layout(row_face_px, seats_per_row: int, width: int, height: int, rng: np.random.Generator
+                ) -> list[tuple[float, float, float]]:
+    """(face centre x, face centre y, face width) of every seat, back row first: narrower, higher rows at the back;
+    each row low enough that its heads cover only the shoulders of the row behind."""
+    face_half_height = (NOMINAL_FACE[3] - NOMINAL_FACE[1]) / 2 / (NOMINAL_FACE[2] - NOMINAL_FACE[0])  # in widths
+    above_face = (NOMINAL_FACE[1] - HEAD_CROP[1]) / (NOMINAL_FACE[2] - NOMINAL_FACE[0])
+    centres_y = [0.0]
+    for back, front in zip(row_face_px, row_face_px[1:]):
+        centres_y.append(centres_y[-1] + ROW_SPREAD * (face_half_height * (back + front) + above_face * front))
+    top = 0.3 * height
+    if top + centres_y[-1] + 2.5 * row_face_px[-1] > height:
+        raise ConfigError(f"benchmark.row_face_px {list(row_face_px)}: the rows do not fit a {width}x{height} photo")
+    seats = []
+    for row, face_px in enumerate(row_face_px):
+        spacing = SEAT_SPACING * face_px
+        start = width / 2 - spacing * (seats_per_row - 1) / 2 + rng.uniform(-0.3, 0.3) * spacing
+        for seat in range(seats_per_row):
+            x = start + seat * spacing + rng.uniform(-0.15, 0.15) * spacing
+            y = top + centres_y[row] + rng.uniform(-0.1, 0.1) * face_px
+            seats.append((x, y, face_px * rng.uniform(0.9, 1.1)))
+    return seats
+
+
+def compose(photos: list[tuple[str, bool, Path]], face_boxes: list[np.ndarray], settings: dict,
+            rng: np.random.Generator) -> ClassPhoto:
+    """The class photo of ``photos`` ((person, enrolled, LFW photo), seated in that order, back row first) whose
+    faces are at ``face_boxes`` (xyxy in the 250-px photo), before the phone's effects."""
+    width, height = settings["photo_sizes"][0]
+    layout = seat_layout(settings["row_face_px"], settings["seats_per_row"], width, height, rng)
+    if len(photos) > len(layout):
+        raise ConfigError(f"{len(photos)} people do not fit {len(layout)} seats")
+    canvas = wall(width, height, rng).astype(np.float32)
+    seats = []
+    x1, y1, x2, y2 = HEAD_CROP
+    for (person, enrolled, path), face, (cx, cy, face_px) in zip(photos, face_boxes, layout):
+        crop = cv2.imread(str(path))[y1:y2, x1:x2, ::-1]
+        scale = face_px / (face[2] - face[0])
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA).astype(np.float32)
+        face_centre = ((face[0] + face[2]) / 2 - x1) * scale, ((face[1] + face[3]) / 2 - y1) * scale
+        left, top = round(cx - face_centre[0]), round(cy - face_centre[1])
+        # the part of the crop inside the canvas
+        cl, ct = max(0, -left), max(0, -top)
+        cr, cb = min(crop.shape[1], width - left), min(crop.shape[0], height - top)
+        if cr <= cl or cb <= ct:
+            continue
+        alpha = feathered_mask(*crop.shape[:2])[ct:cb, cl:cr]
+        region = canvas[top + ct:top + cb, left + cl:left + cr]
+        region[:] = alpha * crop[ct:cb, cl:cr] + (1 - alpha) * region
+        box = np.array([(face[0] - x1) * scale + left, (face[1] - y1) * scale + top,
+                        (face[2] - x1) * scale + left, (face[3] - y1) * scale + top], np.float32)
+        seats.append(Seat(person, enrolled, box))
+    return ClassPhoto(np.clip(canvas, 0, 255).astype(np.uint8), seats)
+
+
+def phone_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8: uneven light (a sideways brightness ramp, gamma, a colour cast), slight blur, sensor
+    noise; the JPEG comes when the photo is saved at each size."""
+    height, width = image.shape[:2]
+    ramp = np.linspace(*rng.uniform(0.75, 1.15, 2), width, dtype=np.float32)[None, :, None]  # (1, W, 1)
+    cast = rng.uniform(0.94, 1.06, 3).astype(np.float32)
+    lit = 255.0 * (image.astype(np.float32) / 255.0) ** rng.uniform(0.8, 1.25) * ramp * cast
+    blurred = cv2.GaussianBlur(lit, (0, 0), rng.uniform(0.5, 1.0) * width / 3840)
+    noisy = blurred + rng.normal(0, 2.0, blurred.shape).astype(np.float32)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def at_size(image: np.ndarray, size: tuple[int, int], quality: int) -> np.ndarray:
+    """``image`` shrunk by area to ``size`` (W, H) and JPEG-coded at ``quality``, decoded back to RGB."""
+    if (image.shape[1], image.shape[0]) != tuple(size):
+        image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def face_owners(detected_boxes: np.ndarray, seat_boxes: np.ndarray) -> list[int | None]:
+    """Per detection: the seat whose face box it overlaps most (IoU >= ``OWNER_IOU``), else None."""
+    if len(detected_boxes) == 0 or len(seat_boxes) == 0:
+        return [None] * len(detected_boxes)
+    overlap = box_iou(torch.as_tensor(detected_boxes, dtype=torch.float32),
+                      torch.as_tensor(seat_boxes, dtype=torch.float32))  # (D, S)
+    best, seat = overlap.max(1)
+    return [int(s) if float(b) >= OWNER_IOU else None for b, s in zip(best, seat)]
+
+
+def photo_outcome(seats: list[Seat], seat_boxes: np.ndarray, detected_boxes: np.ndarray,
+                  marks: dict[str, int], absent: list[str], enrolled: set[str]) -> Counter:
+    """Counts of one photo: ``marks`` maps each marked student to the detection they were marked on; ``enrolled``:
+    the students whose photos passed enrolment (the others cannot be marked)."""
+    owners = face_owners(detected_boxes, seat_boxes)
+    found = {owner for owner in owners if owner is not None}
+    counts = Counter()
+    for index, seat in enumerate(seats):
+        if not seat.enrolled:
+            continue
+        size = size_bin(float(seat_boxes[index, 2] - seat_boxes[index, 0]))
+        face = marks.get(seat.person)
+        right = face is not None and owners[face] == index
+        counts.update({"present": 1, "present_marked": right, "present_not_enrolled": seat.person not in enrolled,
+                       f"present {size}": 1, f"marked {size}": right, f"found {size}": index in found})
+    counts["absent"] = len(absent)
+    counts["strangers"] = sum(1 for seat in seats if not seat.enrolled)
+    for student, face in marks.items():
+        owner = owners[face]
+        counts["absent_marked"] += student in absent
+        counts["strangers_marked"] += owner is not None and not seats[owner].enrolled
+        counts["wrong_marks"] += owner is None or seats[owner].person != student
+    return counts
+
+
+def size_figures(counts: Counter) -> list[dict]:
+    figures = []
+    for low, high in list(zip(SIZE_BINS, SIZE_BINS[1:])) + [(SIZE_BINS[-1], None)]:
+        size = f"{low}-{high}" if high else f">={low}"
+        if counts[f"present {size}"]:
+            figures.append({"face_px": size, "present": counts[f"present {size}"],
+                            "found": counts[f"found {size}"],
+                            "recall": rate_figure(counts[f"marked {size}"], counts[f"present {size}"])})
+    return figures
+
+
+def summary(counts: Counter, seconds: float, photos: int) -> dict:
+    return {"recall": rate_figure(counts["present_marked"], counts["present"]),
+            "present_not_enrolled": counts["present_not_enrolled"],  # none of their photos passed enrolment
+            "absent_marked": rate_figure(counts["absent_marked"], counts["absent"]),
+            "strangers_marked": rate_figure(counts["strangers_marked"], counts["strangers"]),
+            "wrong_marks": rate_figure(counts["wrong_marks"], counts["absent"] + counts["strangers"]),
+            "by_face_px": size_figures(counts), "seconds_per_photo": round(seconds / max(photos, 1), 2)}
+
+
+class FaceRecognitionRecipe:
+    """face_recognition's 20-line recipe: HOG faces (one upsampling), encodings, nearest enrolled face <= 0.6."""
+
+    def __init__(self):
+        try:
+            import face_recognition
+        except ImportError:
+            raise ConfigError("--reference face_recognition needs the face_recognition package: pip install "
+                              "--no-deps face_recognition (beside dlib-bin and face_recognition_models)") from None
+        self.api = face_recognition
+        self.encodings: list[np.ndarray] = []
+        self.owners: list[str] = []
+
+    def enroll(self, person: str, photos: list[Path]) -> None:
+        for photo in photos:
+            image = self.api.load_image_file(str(photo))
+            found = self.api.face_encodings(image)
+            if found:
+                self.encodings.append(found[0])
+                self.owners.append(person)
+
+    def mark(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+        """((F, 4) xyxy face boxes, {student: face}): each face marks its nearest enrolled student within 0.6."""
+        locations = self.api.face_locations(image, number_of_times_to_upsample=1, model="hog")
+        boxes = np.array([[left, top, right, bottom] for top, right, bottom, left in locations], np.float32)
+        marks: dict[str, int] = {}
+        if locations and self.encodings:
+            for face, encoding in enumerate(self.api.face_encodings(image, locations)):
+                distances = self.api.face_distance(self.encodings, encoding)
+                nearest = int(np.argmin(distances))
+                if distances[nearest] <= REFERENCE_TOLERANCE:
+                    marks.setdefault(self.owners[nearest], face)
+        return boxes.reshape(-1, 4), marks
+
+
+def central_face_box(service: AttendanceService, path: Path) -> np.ndarray:
+    """(4,) xyxy of the enrolment detector's face nearest the centre of an LFW photo (the nominal box without)."""
+    image = cv2.imread(str(path))[:, :, ::-1]
+    found = service.pipeline("enroll").detect(np.ascontiguousarray(image))
+    face = found.nearest_to_centre(*image.shape[:2])
+    return np.array(NOMINAL_FACE, np.float32) if face is None else found.boxes[face].numpy()
+
+
+def run_classroom_benchmark(cfg: dict, split: str | None = None, classes: int | None = None,
+                            reference: str | None = None, out: str | Path | None = None,
+                            plot: str | Path | None = None, verbose: bool = False) -> dict:
+    settings = cfg["benchmark"]
+    split = split or settings["split"]
+    if split not in SPLIT_FOLDS:
+        raise ConfigError(f"benchmark.split must be one of {', '.join(SPLIT_FOLDS)}, got {split!r}")
+    classes = classes or settings["classes"]
+    if settings["present"] > settings["students"]:
+        raise ConfigError(f"benchmark.present ({settings['present']}) exceeds benchmark.students")
+    people = people_with_photos(find_lfw(cfg["demo"]["lfw_root"]), SPLIT_FOLDS[split])
+    eligible = sorted(name for name, photos in people.items() if len(photos) >= 2)
+    first_seed = (REPORT_SEED if split == "report" else 0) + settings["seed"]
+    sizes = [tuple(size) for size in settings["photo_sizes"]]
+    scale = [size[0] / sizes[0][0] for size in sizes]
+    workdir = Path(tempfile.mkdtemp(prefix="classroom_benchmark_"))
+    service = AttendanceService(cfg, db_path=workdir / "benchmark.sqlite", verbose=verbose)
+    ours = {size: Counter() for size in sizes}
+    theirs = {size: Counter() for size in sizes}
+    seconds = Counter()
+    try:
+        for index in tqdm(range(classes), desc="classes", unit="class"):
+            rng = np.random.default_rng(first_seed + index)
+            chosen = rng.choice(eligible, settings["students"], replace=False).tolist()
+            others = [name for name in people if name not in chosen]
+            strangers = rng.choice(others, settings["strangers"], replace=False).tolist()
+            present = rng.choice(chosen, settings["present"], replace=False).tolist()
+            absent = [name for name in chosen if name not in present]
+            roster = workdir / f"roster{index}"
+            class_photo, recipe = {}, FaceRecognitionRecipe() if reference else None
+            for name in chosen:
+                photos = people[name]
+                class_photo[name] = photos[int(rng.integers(len(photos)))]
+                enrol = [photo for photo in photos if photo != class_photo[name]][:settings["enroll_photos"]]
+                (roster / name).mkdir(parents=True)
+                for photo in enrol:
+                    (roster / name / photo.name).symlink_to(photo)
+                if recipe:
+                    recipe.enroll(name, enrol)
+            service.enroll(f"class{index}", roster)
+            seated = [(name, True, class_photo[name]) for name in present]
+            seated += [(name, False, people[name][int(rng.integers(len(people[name])))]) for name in strangers]
+            seated = [seated[i] for i in rng.permutation(len(seated))]
+            boxes = [central_face_box(service, path) for _, _, path in seated]
+            photo = compose(seated, boxes, settings, rng)
+            image = phone_effects(photo.image, rng)
+            quality = int(rng.integers(80, 93))
+            for size, factor in zip(sizes, scale):
+                shot = at_size(image, size, quality)
+                seat_boxes = np.stack([seat.box for seat in photo.seats]) * factor
+                start = time.perf_counter()
+                gallery, _, _, [marks] = service.match_photos(f"class{index}", [(f"class{index}.jpg", shot)])
+                seconds[size] += time.perf_counter() - start
+                marked = {gallery.names[student]: face for face, student in marks.pairs}
+                ours[size].update(photo_outcome(photo.seats, seat_boxes, marks.detections.boxes.numpy(), marked,
+                                                absent, set(gallery.names)))
+                if recipe:
+                    start = time.perf_counter()
+                    found, marked = recipe.mark(shot)
+                    seconds[("reference", size)] += time.perf_counter() - start
+                    theirs[size].update(photo_outcome(photo.seats, seat_boxes, found, marked, absent,
+                                                      set(recipe.owners)))
+    finally:
+        service.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    report = {"benchmark": "classroom", "split": split, "classes": classes, "first_seed": first_seed,
+              "people": f"LFW folds {SPLIT_FOLDS[split]}", "settings": settings, "pipeline": cfg["pipeline"],
+              "sizes": {f"{w}x{h}": {"ours": summary(ours[(w, h)], seconds[(w, h)], classes),
+                                     **({"face_recognition": summary(theirs[(w, h)], seconds[("reference", (w, h))],
+                                                                     classes)} if reference else {})}
+                        for w, h in sizes}}
+    print_report(report)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1), encoding="utf-8")
+        print(f"report: {out}")
+    plot = Path(plot) if plot else (Path(out).with_suffix(".png") if out else None)
+    if plot:
+        plot_recall_by_size(report, plot)
+        print(f"recall by face size: {plot}")
+    return report
+
+
+def _rate(figure: dict) -> str:
+    low, high = figure["ci95"]
+    return f"{figure['rate']:.1%} ({figure['k']}/{figure['n']}, {low:.1%}-{high:.1%})"
+
+
+def print_report(report: dict) -> None:
+    print(f"classroom benchmark, {report['split']} split ({report['people']}), {report['classes']} classes")
+    for size, methods in report["sizes"].items():
+        for method, figures in methods.items():
+            print(f"  {size} {method}: recall {_rate(figures['recall'])} ({figures['present_not_enrolled']} present "
+                  f"students not enrolled: no photo passed); absent marked "
+                  f"{_rate(figures['absent_marked'])}; strangers marked {_rate(figures['strangers_marked'])}; "
+                  f"wrong marks {_rate(figures['wrong_marks'])}; {figures['seconds_per_photo']} s per photo")
+            print("    by face width: " + "; ".join(
+                f"{row['face_px']} px {row['recall']['k']}/{row['present']} marked ({row['found']} found)"
+                for row in figures["by_face_px"]))
+
+
+def plot_recall_by_size(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = [f"{low}-{high}" for low, high in zip(SIZE_BINS, SIZE_BINS[1:])] + [f">={SIZE_BINS[-1]}"]
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for size, methods in report["sizes"].items():
+        for method, figures in methods.items():
+            rows = figures["by_face_px"]
+            rates = np.array([row["recall"]["rate"] for row in rows])
+            errors = np.abs(np.array([row["recall"]["ci95"] for row in rows]).T - rates)  # (2, bins)
+            axis.errorbar([labels.index(row["face_px"]) for row in rows], rates, yerr=errors, marker="o",
+                          capsize=3, label=f"{method}, {size}")
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set_xlabel("face width in the photo (px)")
+    axis.set_ylabel("present students marked")
+    axis.set_ylim(0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    axis.set_title(f"classroom benchmark, {report['split']} split, {report['classes']} classes")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
