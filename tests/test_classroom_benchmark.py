@@ -81,12 +81,15 @@ def test_classroom_benchmark_end_to_end(tmp_path):
     config = tmp_path / "attendance.yaml"
     config.write_text("benchmark:\n  students: 6\n  present: 5\n  strangers: 1\n  enroll_photos: 2\n"
                       "  row_face_px: [60, 90]\n  seats_per_row: 3\n  photo_sizes: [[1280, 720], [640, 360]]\n")
+    pytest.importorskip("face_recognition", reason="pip install --no-deps face_recognition (as .ci/run does)")
     assert evaluate.main(["--benchmark", "classroom", "--config", str(config), "--classes", "1", "--split", "tune",
-                          "--out", str(tmp_path / "classroom.json")]) == 0
+                          "--reference", "face_recognition", "--out", str(tmp_path / "classroom.json")]) == 0
     report = json.loads((tmp_path / "classroom.json").read_text())
     assert report["split"] == "tune" and set(report["sizes"]) == {"1280x720", "640x360"}
     large = report["sizes"]["1280x720"]["ours"]
     assert large["recall"]["n"] == 5 and large["absent_marked"]["n"] == 1 and large["strangers_marked"]["n"] == 1
     assert sum(row["present"] for row in large["by_face_px"]) == 5
     assert large["recall"]["k"] >= 5 - large["present_not_enrolled"] - 1  # faces of 54-99 px: at most one missed
+    theirs = report["sizes"]["1280x720"]["face_recognition"]
+    assert theirs["recall"]["n"] == 5 and theirs["recall"]["k"] >= 3  # HOG finds faces of 54-99 px
     assert (tmp_path / "classroom.png").stat().st_size > 0
