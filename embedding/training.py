@@ -26,6 +26,7 @@ from common.lfw import lfw_fold_identities
 from common.engine import Trainer, init_distributed, is_main_process, resolve_device
 from common.registry import EMBEDDERS, build_model
 from embedding.align import ARCFACE_TEMPLATE_112, scaled_template
+from embedding.degrade import chip_face_width, degrade_chips
 from embedding.data import (ALIGN_MODES, DEFAULT_AUGMENTATION, IdentityFolderDataset, PKSampler, cache_folder,
                             collate_chips, prepare_chips, scan_identity_folders,
                             split_identities)
@@ -33,7 +34,8 @@ from embedding.dlib_landmarks import LANDMARKER_FILE, LandmarkerAlignment, landm
 from embedding.embedder import Alignment, Embedder, file_sha256
 from embedding.losses import MINING, ArcFaceHead, TripletLoss, arcface_terms
 
-LOSS_TYPES = ("triplet", "arcface", "both")
+LOSS_TYPES = ("triplet", "arcface", "both", "distill")  # distill: the distillation term alone (no labels used)
+PUBLISHED = "published"  # model.weights: start from the published weights of model.embedder
 DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD = 127.5, 128.0  # (x - 127.5) / 128, as facenet-pytorch and MobileFaceNet
 
 EMBEDDING_DEFAULTS = {
@@ -52,8 +54,14 @@ EMBEDDING_DEFAULTS = {
              "lfw_train_folds": [], "identities": None, "min_images": 2, "val_fraction": 0.1, "split_seed": 42,
              "images_per_identity": 4, "fewer_than_k": "replace", "val_max_pairs": 3000, "augment": True,
              "augmentation": dict(DEFAULT_AUGMENTATION)},
+    # distill (small faces): with a teacher (a registered embedder with the model's chips), a degraded_fraction of
+    # each batch is shown to the model as faces face_px wide (embedding.degrade), and 1 - cosine between the
+    # model's embedding and the teacher's of the clean chip is added with this weight (loss.type distill: alone).
+    # Validation then also scores clean against val_face_px chips (auc_small), which picks the best epoch.
     "loss": {"type": "triplet", "mining": "batch_hard", "margin": 0.2, "arcface_scale": 64.0,
-             "arcface_margin": 0.5, "arcface_weight": 1.0},
+             "arcface_margin": 0.5, "arcface_weight": 1.0,
+             "distill": {"teacher": None, "weight": 1.0, "degraded_fraction": 0.75, "face_px": [12.0, 48.0],
+                         "val_face_px": 20.0}},
     # batch_size = P identities × data.images_per_identity images
     "train": {"epochs": 50, "batch_size": 64, "lr": 1e-3, "weight_decay": 5e-4, "grad_clip": 10.0,
               "num_workers": 2, "device": "auto", "seed": 0, "amp": True, "checkpoint_every": 10},
@@ -171,15 +179,18 @@ def verification_pairs(labels: np.ndarray, max_pairs: int, seed: int) -> tuple[n
     return np.stack([first[chosen], second[chosen]], 1), same[chosen]
 
 
-def verification_metrics(embeddings: torch.Tensor, labels, max_pairs: int = 3000, seed: int = 0) -> dict:
-    """ROC AUC and best-threshold accuracy of cosine similarity on balanced same/different pairs."""
+def verification_metrics(embeddings: torch.Tensor, labels, max_pairs: int = 3000, seed: int = 0,
+                         second: torch.Tensor | None = None) -> dict:
+    """ROC AUC and best-threshold accuracy of cosine similarity on balanced same/different pairs; ``second``: the
+    same images embedded another way (e.g. as small faces), each pair's second image taken from it."""
     labels = np.asarray(labels)
     pairs, same = verification_pairs(labels, max_pairs, seed)
     if len(pairs) == 0 or same.all():
         raise InputError("verification needs same-identity and different-identity pairs: at least two identities, "
                          "one of them with two images")
     normalised = F.normalize(embeddings.float(), dim=1)
-    similarity = (normalised[pairs[:, 0]] * normalised[pairs[:, 1]]).sum(1).numpy()
+    others = normalised if second is None else F.normalize(second.float(), dim=1)
+    similarity = (normalised[pairs[:, 0]] * others[pairs[:, 1]]).sum(1).numpy()
     false_positive_rate, true_positive_rate, _ = roc_curve(same, similarity)
     balanced_accuracy = ((true_positive_rate + 1 - false_positive_rate) / 2).max()  # pairs are balanced
     return {"auc": float(roc_auc_score(same, similarity)), "accuracy": float(balanced_accuracy),
@@ -188,9 +199,11 @@ def verification_metrics(embeddings: torch.Tensor, labels, max_pairs: int = 3000
 
 # ---- task ------------------------------------------------------------------------------------------------
 class EmbeddingTask:
-    """The training step and validation the Trainer calls."""
+    """The training step and validation the Trainer calls; ``teacher`` (an ``Embedder``): small-face distillation
+    (``loss.distill``) on chips whose faces are ``chip_face_px`` wide."""
 
-    def __init__(self, cfg: dict, mean, std, device: torch.device):
+    def __init__(self, cfg: dict, mean, std, device: torch.device, teacher: Embedder | None = None,
+                 chip_face_px: float | None = None):
         loss = cfg["loss"]
         if loss["type"] not in LOSS_TYPES:
             raise ConfigError(f"loss.type must be one of {', '.join(LOSS_TYPES)}, got {loss['type']!r}")
@@ -204,21 +217,50 @@ class EmbeddingTask:
         self.triplet = TripletLoss(loss["margin"], loss["mining"])
         self.arcface_weight = loss["arcface_weight"]
         self.val_max_pairs, self.val_seed = cfg["data"]["val_max_pairs"], cfg["data"]["split_seed"]
+        self.distill = loss["distill"]
+        self.teacher, self.chip_face_px = teacher, chip_face_px
+        if self.teacher is not None:
+            self.teacher.model.to(device).eval().requires_grad_(False)
+            self.teacher_mean, self.teacher_std = self.teacher.mean.to(device), self.teacher.std.to(device)
+        self.generator = torch.Generator().manual_seed(cfg["train"]["seed"])
 
     def normalize(self, chips: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) uint8 → float input, as ``Embedder.preprocess``."""
         return (chips.to(self.device).float() - self.mean) / self.std
 
+    def degrade(self, chips: torch.Tensor, count: int, face_px: tuple[float, float]) -> torch.Tensor:
+        """``chips`` with ``count`` of them, drawn at random, degraded to faces of ``face_px`` (low, high) px."""
+        chosen = torch.randperm(len(chips), generator=self.generator)[:count]
+        low, high = face_px
+        sizes = low + torch.rand(count, generator=self.generator) * (high - low)
+        degraded = chips.clone()
+        degraded[chosen] = degrade_chips(chips[chosen], sizes, self.chip_face_px, self.generator)
+        return degraded
+
     def step(self, model, batch) -> dict:
         chips, labels = batch
         labels = labels.to(self.device)
+        shown = chips
+        if self.teacher is not None:
+            with torch.no_grad():
+                target = F.normalize(self.teacher.model(
+                    (chips.to(self.device).float() - self.teacher_mean) / self.teacher_std).float(), dim=1)
+            shown = self.degrade(chips, round(self.distill["degraded_fraction"] * len(chips)),
+                                 tuple(self.distill["face_px"]))
         if self.use_arcface:
-            embeddings, logits = model(self.normalize(chips), labels)
+            embeddings, logits = model(self.normalize(shown), labels)
         else:
-            embeddings = model(self.normalize(chips))
+            embeddings = model(self.normalize(shown))
+        if self.teacher is not None and not (self.use_triplet or self.use_arcface):  # loss.type distill
+            distill = (1 - (F.normalize(embeddings.float(), dim=1) * target).sum(1)).mean()
+            return {"distill_loss": distill.detach(), "loss": self.distill["weight"] * distill}
         terms = self.triplet(embeddings, labels)
         total = terms.pop("loss")
         terms["triplet_loss"] = total
+        if self.teacher is not None:
+            distill = (1 - (F.normalize(embeddings.float(), dim=1) * target).sum(1)).mean()
+            terms["distill_loss"] = distill
+            total = total + self.distill["weight"] * distill
         if self.use_arcface:
             arcface = arcface_terms(logits.float(), labels)
             terms.update(arcface)
@@ -238,7 +280,17 @@ class EmbeddingTask:
 
     def evaluate(self, model, loader) -> dict:
         embeddings, labels = self.embed(model, loader)
-        return verification_metrics(embeddings, labels, self.val_max_pairs, self.val_seed)
+        metrics = verification_metrics(embeddings, labels, self.val_max_pairs, self.val_seed)
+        if self.teacher is not None:  # clean chips against the same chips at val_face_px, degraded alike each time
+            generator_state = self.generator.get_state()
+            self.generator.manual_seed(self.val_seed)
+            face_px = float(self.distill["val_face_px"])
+            small, _ = self.embed(model, ((self.degrade(chips, len(chips), (face_px, face_px)), batch_labels)
+                                          for chips, batch_labels in loader))
+            self.generator.set_state(generator_state)
+            cross = verification_metrics(embeddings, labels, self.val_max_pairs, self.val_seed, second=small)
+            metrics.update({"auc_small": cross["auc"], "accuracy_small": cross["accuracy"]})
+        return metrics
 
 
 def plain_loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
@@ -268,6 +320,20 @@ def alignment_from_record(record: dict, path) -> Alignment:
     return alignment
 
 
+def distillation_teacher(cfg: dict, alignment: Alignment, device: torch.device) -> Embedder | None:
+    """The frozen teacher ``loss.distill.teacher`` names (None without one); it must cut the model's chips."""
+    name = cfg["loss"]["distill"]["teacher"]
+    if name is None:
+        if cfg["loss"]["type"] == "distill":
+            raise ConfigError("loss.type distill needs loss.distill.teacher (a registered embedder)")
+        return None
+    teacher = EMBEDDERS.get(name)(device=device)
+    if teacher.alignment.key != alignment.key:
+        raise ConfigError(f"loss.distill.teacher {name} cuts other chips ({teacher.alignment.key}) than the model "
+                          f"({alignment.key}); set model.embedder: {name}")
+    return teacher
+
+
 def run_embedding_training(cfg: dict, detector_factory=None) -> list[dict]:
     """Train an embedder; ``detector_factory(device)`` gives the photo detector ``data.align: mtcnn`` aligns with."""
     device = resolve_device(cfg["train"]["device"])
@@ -293,15 +359,20 @@ def run_embedding_training(cfg: dict, detector_factory=None) -> list[dict]:
                                   tcfg["num_workers"])
 
     backbone = build_backbone(cfg["model"])
-    if cfg["model"]["weights"]:
+    if cfg["model"]["weights"] == PUBLISHED:
+        if not cfg["model"]["embedder"]:
+            raise ConfigError(f"model.weights: {PUBLISHED} needs model.embedder, whose published weights to start from")
+        backbone.load_state_dict(EMBEDDERS.get(cfg["model"]["embedder"])(device="cpu").model.state_dict())
+    elif cfg["model"]["weights"]:
         backbone.load_state_dict(_backbone_state(model_state_from_file(cfg["model"]["weights"])))
+    teacher = distillation_teacher(cfg, alignment, device)
     head = None
     if cfg["loss"]["type"] in ("arcface", "both"):
         with torch.no_grad():
             dim = backbone.eval()(torch.zeros(2, 3, alignment.size, alignment.size)).shape[1]
         head = ArcFaceHead(dim, len(train_set.identities), cfg["loss"]["arcface_scale"], cfg["loss"]["arcface_margin"])
     model = EmbeddingNet(backbone, head)
-    task = EmbeddingTask(cfg, mean, std, device)
+    task = EmbeddingTask(cfg, mean, std, device, teacher, chip_face_width(alignment.template))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(tcfg["epochs"], 1),
                                                            eta_min=tcfg["lr"] * 0.01)
@@ -311,7 +382,8 @@ def run_embedding_training(cfg: dict, detector_factory=None) -> list[dict]:
     trainer = Trainer(model, optimizer, scheduler, task.step, out["checkpoint_dir"], out["log_dir"],
                       cfg["model"]["name"], device, tcfg["epochs"], copy.deepcopy(cfg), evaluate_fn=task.evaluate,
                       grad_clip=tcfg["grad_clip"], amp=tcfg["amp"], checkpoint_every=tcfg["checkpoint_every"],
-                      best_metric="auc" if val_loader else "loss", best_mode="max" if val_loader else "min",
+                      best_metric=("auc_small" if teacher else "auc") if val_loader else "loss",
+                      best_mode="max" if val_loader else "min",
                       seed=tcfg["seed"], extra=extra)
     if is_main_process():
         save_config(cfg, out["checkpoint_dir"])

@@ -3,7 +3,6 @@ narrow and rise towards the back, and every outcome is counted as the report say
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import cv2
 import numpy as np

@@ -18,13 +18,16 @@ import yaml
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.config import ConfigError
 from common.io import read_image
-from common.registry import MODELS, register_model
+from common.registry import EMBEDDERS, MODELS, register_embedder, register_model
 from common.lfw import lfw_fold_identities, read_lfw_people_folds
 from embedding.data import (DEFAULT_AUGMENTATION, DatasetError, IdentityFolderDataset, PKSampler, prepare_chips,
                             scan_identity_folders)
-from embedding.embedder import Alignment
+from embedding.align import scaled_template
+from embedding.degrade import chip_face_width, degrade_chips
+from embedding.embedder import Alignment, Embedder
 from embedding.losses import ArcFaceHead, TripletLoss, pairwise_distances, semi_hard_triplet
-from embedding.training import EMBEDDING_DEFAULTS, embedder_from_checkpoint, training_identities, verification_metrics
+from embedding.training import (EMBEDDING_DEFAULTS, distillation_teacher, embedder_from_checkpoint,
+                                training_identities, verification_metrics)
 from tests.conftest import ROOT, shared_path
 
 TINY_MODEL = "test_tiny_embedding_net"
@@ -411,3 +414,54 @@ def test_ddp_two_processes_on_gloo(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]  # rank 0 alone writes
     state = load_checkpoint(tmp_path / "ckpt" / f"{TINY_MODEL}_final.pth")
     assert len(state["train_identities"]) == 12 and len(state["val_identities"]) == 4
+
+
+# ---- small-face distillation -----------------------------------------------------------------------------
+TINY_TEACHER = "test_tiny_teacher"
+
+
+def _tiny_teacher(weights=None, device="cpu", **_):
+    torch.manual_seed(7)
+    alignment = Alignment(TINY_CHIP, tuple(map(tuple, scaled_template(TINY_CHIP).tolist())))
+    return Embedder(TINY_TEACHER, TinyEmbeddingNet(), alignment, (127.5,) * 3, (128.0,) * 3, "seed7", device=device)
+
+
+if TINY_TEACHER not in EMBEDDERS.names():
+    register_embedder(TINY_TEACHER)(_tiny_teacher)
+
+
+def test_degraded_chips_keep_only_a_small_faces_detail():
+    chips = torch.zeros(2, 3, 96, 96, dtype=torch.uint8)
+    chips[:, :, ::2] = 255  # 1-px stripes
+    width = chip_face_width(scaled_template(96))
+    degraded = degrade_chips(chips, torch.tensor([12.0, 200.0]), width, torch.Generator().manual_seed(0))
+    assert degraded.shape == chips.shape and degraded.dtype == torch.uint8
+    assert degraded[0, 0, 30:60, 48].float().diff().abs().max() < 40  # a 12-px face has no 1-px stripes
+    assert torch.equal(degraded[1], chips[1])  # a face already smaller than 200 px is left alone
+    again = degrade_chips(chips, torch.tensor([12.0, 200.0]), width, torch.Generator().manual_seed(0))
+    assert torch.equal(degraded, again)
+
+
+@pytest.mark.slow
+def test_distillation_pulls_small_face_embeddings_to_the_teachers(tmp_path):
+    torch.set_num_threads(1)
+    cfg = tiny_config(tmp_path, lfw_identities(16), epochs=8, data__val_fraction=0.25, train__batch_size=16,
+                      train__lr=3e-3, model__embedder=TINY_TEACHER, model__chip_size=None, model__weights="published")
+    cfg["loss"] = {"type": "distill", "distill": {"teacher": TINY_TEACHER, "face_px": [8.0, 16.0],
+                                                  "val_face_px": 10.0}}
+    history = train_cli(tmp_path, cfg)
+    first, last = history[0], history[-1]
+    assert last["train/distill_loss"] < 0.6 * first["train/distill_loss"], (first, last)
+    assert {"val/auc", "val/auc_small"} <= set(last)
+    best = load_checkpoint(tmp_path / "ckpt" / f"{TINY_MODEL}_best.pth")
+    assert best["best_metric"] == max(record["val/auc_small"] for record in history)
+
+
+def test_distillation_needs_a_teacher_with_the_models_chips():
+    cfg = {"loss": {"type": "distill", "distill": {"teacher": None}}}
+    with pytest.raises(ConfigError, match="needs loss.distill.teacher"):
+        distillation_teacher(cfg, None, torch.device("cpu"))
+    cfg["loss"]["distill"]["teacher"] = TINY_TEACHER
+    other = Alignment(64, tuple(map(tuple, scaled_template(64).tolist())))
+    with pytest.raises(ConfigError, match="cuts other chips"):
+        distillation_teacher(cfg, other, torch.device("cpu"))
