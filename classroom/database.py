@@ -147,8 +147,10 @@ class AttendanceDB:
                                f"create it with: attendance.py enroll --class {name!r} --roster DIR")
         if embedder is not None and row[1] != embedder:
             raise GalleryError(f"class {name!r} was enrolled with embedder {row[1]}, but {embedder} is configured; "
-                               "embeddings of different models cannot be compared: re-enroll the class or use "
-                               "the same embedder and weights")
+                               "embeddings of different models cannot be compared: re-enroll the class, or set "
+                               "embedding.embedder (and weights, flip) in the pipeline config, or in the attendance "
+                               "config's enroll_set and mark_set, back to what it was enrolled with (classes "
+                               "enrolled before the fusion became the default: embedding.embedder=dlib_resnet)")
         return row[0]
 
     def ensure_class(self, connection, name: str, embedder: str) -> int:

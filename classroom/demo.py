@@ -31,6 +31,7 @@ from classroom.session import PhotoMarks
 from common.config import ConfigError
 from common.io import read_image
 from common.lfw import lfw_fold_identities
+from common.stats import rate_interval
 from matching.protocol import lfw_image_dir
 from pipeline.verification import DEFAULT_LFW_ROOT
 
@@ -269,12 +270,21 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
     figures = {"classes": classes, "folds": demo["folds"] or "all", "students_per_class": demo["students"],
                "present_per_class": demo["present"], "strangers_per_class": demo["strangers"], **rates(totals),
                "seconds_per_class_photo": round(seconds_mark / classes, 2), **totals,
-               "seconds_mark": round(seconds_mark, 2), "errors": errors}
+               "seconds_mark": round(seconds_mark, 2),
+               "ci95": {rate: [round(bound, 4) for bound in rate_interval(totals[count], totals[of])]
+                        for rate, count, of in (("present_marked_rate", "present_marked", "present"),
+                                                ("absent_marked_rate", "absent_marked", "absent"),
+                                                ("strangers_marked_rate", "strangers_marked", "strangers"))},
+               "errors": errors}
     (out / "demo.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    def rate(key: str) -> str:
+        low, high = figures["ci95"][key]
+        return f"{figures[key]:.1%} ({low:.1%}-{high:.1%})"
+
     print(f"{classes} classes of {demo['students']} enrolled, {demo['present']} present, {demo['strangers']} "
           f"strangers: precision {figures['precision']:.1%} (marks of the right student), recall "
-          f"{figures['present_marked_rate']:.1%} (present students marked), absent students marked "
-          f"present {figures['absent_marked_rate']:.1%}, strangers marked as students "
-          f"{figures['strangers_marked_rate']:.1%}; {figures['seconds_per_class_photo']} s per class photo → "
-          f"{out / 'demo.json'}")
+          f"{rate('present_marked_rate')} (present students marked), absent students marked present "
+          f"{rate('absent_marked_rate')}, strangers marked as students {rate('strangers_marked_rate')} (95 % "
+          f"intervals); {figures['present_near_threshold']} present students within {NEAR_THRESHOLD} of the "
+          f"threshold; {figures['seconds_per_class_photo']} s per class photo → {out / 'demo.json'}")
     return figures

@@ -11,8 +11,8 @@ with the service's own rules (``calibrate_unknown_threshold``, ``student_scores`
 embedders, so their grid is drawn from each candidate's own impostor scores on these classes.
 
 Per candidate the setting kept is the one with the highest recall whose false marks (absent students and strangers
-marked present) stay within ``--max-false-rate`` on these classes (ties: fewer false marks, then the larger
-``target_far``). The candidate with the best recall is the one to name in ``configs/pipeline.yaml``. ``--write``
+marked present) stay within ``--max-false-rate`` on these classes (ties: fewer false marks, the higher floor, the
+larger ``target_far``). The candidate with the best recall is the one to name in ``configs/pipeline.yaml``. ``--write``
 stores every candidate's setting in ``configs/attendance_matching.yaml``, where the service reads the setting of
 whichever embedder the pipeline uses.
 """
@@ -37,14 +37,16 @@ from classroom.demo import DemoClass, class_outcome, demo_classes, find_lfw, peo
 from classroom.service import (MATCHING_FILE, MATCHING_SETTINGS, AttendanceService, attendance_config,
                                default_attendance_config)
 from common.cli import run_cli
-from common.config import ConfigError
+from common.config import ConfigError, project_path
 from common.lfw import REPORT_FOLD
 from matching.identification import assign, calibrate_unknown_threshold, student_scores
+from pipeline import pipeline_config
 from pipeline.build import SEPARATOR
 
 TUNE_FOLDS = [fold for fold in range(1, 11) if fold != REPORT_FOLD]
-TARGET_FARS = (1e-3, 5e-4, 2e-4, 1e-4, 5e-5)
-FLOOR_QUANTILES = (None, 0.999, 0.9999)   # of the candidate's impostor scores pooled over the classes; None: no floor
+TARGET_FARS = (1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5, 5e-6)
+# of the candidate's impostor scores pooled over the classes; None: no floor
+FLOOR_QUANTILES = (None, 0.999, 0.9995, 0.9999, 0.99995, 0.99999)
 MARGIN_STDS = (0.0, 0.1, 0.2, 0.35, 0.5)  # min_margin in standard deviations of those impostor scores
 NO_FLOOR = -1.0
 HEADER = """\
@@ -147,15 +149,22 @@ def false_marks(row: dict) -> int:
 
 def best_setting(rows: list[dict], max_false_rate: float) -> dict:
     """The highest-recall row within ``max_false_rate`` false marks per absent student or stranger (ties: fewer
-    false marks, then the larger target_far); the fewest false marks when none is within it."""
+    false marks, then the higher floor, which guards small classes whose few impostor pairs say little, then the
+    larger target_far, the less extrapolated tail); the fewest false marks when none is within it."""
     allowed = [row for row in rows if false_marks(row) <= max_false_rate * (row["absent"] + row["strangers"])]
     if not allowed:
         return min(rows, key=lambda row: (false_marks(row), -row["present_marked"]))
-    return max(allowed, key=lambda row: (row["present_marked"], -false_marks(row), row["target_far"]))
+    return max(allowed, key=lambda row: (row["present_marked"], -false_marks(row), row["floor"], row["target_far"]))
+
+
+MEASURED = ("present_marked", "present", "absent_marked", "absent", "strangers_marked", "strangers",
+            "present_near_threshold")
 
 
 def write_settings(chosen: dict[str, dict], source: str, path: Path) -> None:
-    settings = {name: {key: row[key] for key in MATCHING_SETTINGS} for name, row in chosen.items()}
+    """Each candidate's chosen settings, with what they measured on the tuning classes (``measured``)."""
+    settings = {name: {**{key: row[key] for key in MATCHING_SETTINGS},
+                       "measured": {key: int(row[key]) for key in MEASURED}} for name, row in chosen.items()}
     path.write_text(HEADER + f"# {source}\n" + yaml.safe_dump({"embedders": settings}, sort_keys=True),
                     encoding="utf-8")
 
@@ -185,8 +194,9 @@ def main(argv=None) -> int:
         for members in itertools.combinations(args.embedders, size):
             rows = replay(collected, slices, members, cfg["matching"]["tail"])
             results[SEPARATOR.join(members)] = {"chosen": best_setting(rows, args.max_false_rate), "grid": rows}
-    source = (f"chosen on {args.classes} demo classes of LFW folds {folds} (seed {cfg['demo']['seed']}), recall "
-              f"highest with false marks <= {args.max_false_rate:g}")
+    flip = pipeline_config(project_path(cfg["pipeline"]), cfg["mark_set"])["embedding"]["flip"]
+    source = (f"chosen on {args.classes} demo classes of LFW folds {folds} (seed {cfg['demo']['seed']}, test-time "
+              f"flip {'on' if flip else 'off'}), recall highest with false marks <= {args.max_false_rate:g}")
     print(f"{source}:")
     for name, result in sorted(results.items(), key=lambda item: -item[1]["chosen"]["present_marked"]):
         row = result["chosen"]

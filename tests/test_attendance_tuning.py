@@ -37,14 +37,17 @@ def test_a_candidate_is_cut_exactly_from_the_fusion_of_every_member():
     np.testing.assert_allclose(tuning.candidate_vectors(fused, slices, ("a", "c")), average, atol=1e-6)
 
 
-def _row(present_marked, absent_marked, strangers_marked, target_far=1e-3):
+def _row(present_marked, absent_marked, strangers_marked, target_far=1e-3, floor=-1.0):
     return {"present_marked": present_marked, "absent_marked": absent_marked, "strangers_marked": strangers_marked,
-            "absent": 500, "strangers": 500, "target_far": target_far}
+            "absent": 500, "strangers": 500, "target_far": target_far, "floor": floor}
 
 
 def test_best_setting_is_the_highest_recall_within_the_false_mark_budget():
-    rows = [_row(2400, 4, 3), _row(2450, 6, 0), _row(2470, 9, 2), _row(2450, 5, 0, 5e-4), _row(2450, 5, 0, 2e-4)]
-    assert tuning.best_setting(rows, 0.005) == rows[3]  # 2450 within 5 of 1000; 5 < 6; then the larger target_far
+    rows = [_row(2400, 4, 3), _row(2450, 6, 0), _row(2470, 9, 2), _row(2450, 5, 0, 5e-4), _row(2450, 5, 0, 2e-4),
+            _row(2450, 5, 0, 1e-4, 0.5)]
+    assert tuning.best_setting(rows, 0.005) == rows[5]  # 2450 within 5 of 1000; 5 < 6; the higher floor
+    del rows[5]
+    assert tuning.best_setting(rows, 0.005) == rows[3]  # then the larger target_far
     assert tuning.best_setting(rows, 0.0) == rows[3]    # none within: the fewest false marks
     assert tuning.best_setting(rows, 0.02) == rows[2]
 
@@ -69,4 +72,5 @@ def test_null_matching_settings_come_from_the_pipeline_embedders_tuned_entry(tmp
 def test_the_shipped_pipeline_embedder_has_tuned_matching_settings():
     embedder = pipeline_config(ROOT / "configs" / "pipeline.yaml")["embedding"]["embedder"]
     entry = load_yaml(MATCHING_FILE)["embedders"][embedder]
-    assert set(entry) == set(MATCHING_SETTINGS) and all(isinstance(value, float) for value in entry.values())
+    assert all(isinstance(entry[key], float) for key in MATCHING_SETTINGS)
+    assert set(entry["measured"]) == set(tuning.MEASURED)

@@ -35,7 +35,12 @@ def test_attendance_database_keeps_its_classes_and_sessions_and_marks_again(tmp_
         assert sorted(db.gallery("7B").names) == ["Colin_Powell", "George_W_Bush", "Tony_Blair"]
         assert [mark["student"] for mark in db.session_marks("7B") if mark["present"]] == ["Colin_Powell"]
     photo = shared_path("data", "lfw", "deepfunneled", "Colin_Powell", "Colin_Powell_0003.jpg")
-    service = AttendanceService(attendance_config(ROOT / "configs" / "attendance.yaml"), db_path=database)
+    # enrolled with dlib_resnet, the default embedder then, and marked with the matching settings of then: marked
+    # with them again (the fusion that is the default now cannot compare its embeddings with dlib_resnet's)
+    cfg = attendance_config(ROOT / "configs" / "attendance.yaml", [
+        "mark_set=[embedding.embedder=dlib_resnet]", "matching.target_far=0.0005", "matching.floor=0.9",
+        "matching.min_margin=0.004"])
+    service = AttendanceService(cfg, db_path=database)
     try:
         result = service.mark("7B", [photo], "again", "2026-12-01", tmp_path / "out")
     finally:

@@ -36,7 +36,7 @@ def test_pipeline_detects_aligns_and_embeds_with_timings():
 
 def test_shipped_pipeline_config_loads():
     cfg = pipeline_config(ROOT / "configs" / "pipeline.yaml")
-    assert cfg["detection"]["detectors"] and cfg["embedding"]["embedder"] == "dlib_resnet"
+    assert cfg["detection"]["detectors"] and cfg["embedding"]["embedder"] == "dlib_resnet+omz0095+sface"
     assert set(cfg) == set(PIPELINE_DEFAULTS)
 
 
