@@ -2,8 +2,9 @@
 
 Per class (settings: the ``benchmark`` section of the attendance config):
 
-- ``students`` people with two or more photos are enrolled, each from up to ``enroll_photos`` of their photos (the
-  service's own checks; a student none of whose photos passes stays unenrolled, and is a miss when present);
+- ``students`` people with ``min_photos`` or more photos are enrolled, each from up to ``enroll_photos`` of their
+  photos other than the class photo (the service's own checks; a student none of whose photos passes stays
+  unenrolled, and is a miss when present);
 - another photo of ``present`` of them and one photo each of ``strangers`` people not enrolled are seated in rows
   of ``seats_per_row``: row ``r``'s faces are ``row_face_px[r]`` px wide (back row first, ±10 %) at the first photo
   size, rows further back are narrower and higher, front rows cover the shoulders of the row behind; each
@@ -276,7 +277,10 @@ def run_classroom_benchmark(cfg: dict, split: str | None = None, classes: int | 
     if settings["present"] > settings["students"]:
         raise ConfigError(f"benchmark.present ({settings['present']}) exceeds benchmark.students")
     people = people_with_photos(find_lfw(cfg["demo"]["lfw_root"]), SPLIT_FOLDS[split])
-    eligible = sorted(name for name, photos in people.items() if len(photos) >= 2)
+    eligible = sorted(name for name, photos in people.items() if len(photos) >= settings["min_photos"])
+    if len(eligible) < settings["students"]:
+        raise ConfigError(f"only {len(eligible)} people of LFW folds {SPLIT_FOLDS[split]} have "
+                          f"{settings['min_photos']} photos or more; benchmark.students is {settings['students']}")
     first_seed = (REPORT_SEED if split == "report" else 0) + settings["seed"]
     sizes = [tuple(size) for size in settings["photo_sizes"]]
     scale = [size[0] / sizes[0][0] for size in sizes]

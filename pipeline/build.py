@@ -21,6 +21,7 @@ from common.registry import DETECTORS, EMBEDDERS, MODELS
 from detection.retinaface.config import resolve_weights
 from embedding.embedder import Embedder
 from embedding.fusion import SEPARATOR, FusedEmbedder, member_names
+from embedding.routing import SizeRoutedEmbedder
 from embedding.training import embedder_from_checkpoint, training_identities
 from fusion.calibration import ScoreCalibrator
 from fusion.detector import FusionDetector, TiledDetector
@@ -128,6 +129,22 @@ def fused_entries(cfg: dict) -> dict[str, dict]:
         raise ConfigError(f"detection.detectors names {', '.join(missing)} but the config has no detection."
                           f"{missing[0]} section; add one like detection.blazeface")
     return {name: section[name] for name in names}
+
+
+def route_small_faces(embedder: Embedder | FusedEmbedder, section: dict, device: str) -> Embedder | FusedEmbedder:
+    """``embedder`` with the member ``section["member"]`` (the embedder itself, or one member of a fusion) handing
+    faces narrower than ``below_px`` to its small-face student (``section["weights"]``); as it is without weights."""
+    if not section["weights"]:
+        return embedder
+    members = embedder.members if isinstance(embedder, FusedEmbedder) else [embedder]
+    names = [member.name for member in members]
+    if section["member"] not in names:
+        raise ConfigError(f"embedding.small_faces.member {section['member']!r} is not the embedder or a member of "
+                          f"it: {', '.join(names)}")
+    routed = [SizeRoutedEmbedder(member, build_embedder(member.name, section["weights"], device, member.flip),
+                                 section["below_px"]) if member.name == section["member"] else member
+              for member in members]
+    return FusedEmbedder(routed, embedder.shares) if isinstance(embedder, FusedEmbedder) else routed[0]
 
 
 def fusion_settings(cfg: dict, weights: list[float] | None = None) -> FusionSettings:

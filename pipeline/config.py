@@ -33,6 +33,9 @@ PIPELINE_DEFAULTS = {
     # the embedder faces are aligned for and embedded with (pipeline.build_embedder)
     # flip: also embed each face's mirror image and average (test-time flip)
     "embedding": {"embedder": "dlib_resnet", "weights": None, "flip": False,
+                  # faces narrower than below_px are embedded by a small-face student (weights) of the embedder
+                  # member (the embedder, or one member of a fusion); null weights: off
+                  "small_faces": {"member": None, "weights": None, "below_px": 40.0},
                   # train.py --stage all: the embedding stage's own config (null = skip training, use weights)
                   "train_config": None},
     # train.py --stage all: the matching stage's config (configs/matching.yaml); null = skip

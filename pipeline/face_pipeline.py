@@ -24,7 +24,7 @@ from common.io import read_image
 from embedding.embedder import Embedder
 from embedding.fusion import FusedEmbedder
 from common.engine import resolve_device
-from pipeline.build import build_embedder, fusion_from_config
+from pipeline.build import build_embedder, fusion_from_config, route_small_faces
 from pipeline.config import pipeline_config
 
 Image = Union[str, Path, np.ndarray, "PIL.Image.Image"]  # noqa: F821  (PIL is only named, not needed)
@@ -109,7 +109,8 @@ class FacePipeline:
         cfg = config if isinstance(config, dict) else pipeline_config(config, set_items)
         device = str(resolve_device(device or cfg["device"]))
         section = cfg["embedding"]
-        embedder = build_embedder(section["embedder"], section["weights"], device, section["flip"])
+        embedder = route_small_faces(build_embedder(section["embedder"], section["weights"], device, section["flip"]),
+                                     section["small_faces"], device)
         return cls(fusion_from_config(cfg, device), embedder, verbose)
 
     def detect(self, image: Image) -> Detections:
