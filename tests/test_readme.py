@@ -22,7 +22,8 @@ def test_python_example_runs_on_a_real_photo():
     lines = result.stdout.splitlines()
     promised = re.findall(r"^print\(list_\w+\(\)\)\s+# (.*)$", code, re.M)
     assert lines[:2] == promised  # the registered names, as the comments say
-    faces = [line for line in lines[2:] if line.startswith("[") and "(150, 150, 3) (128,)" in line]
+    # the default embedder, dlib_resnet + omz0095 + sface: dlib's 150-px chips, 128 + 256 + 128 values
+    faces = [line for line in lines[2:] if line.startswith("[") and "(150, 150, 3) (512,)" in line]
     assert faces, result.stdout  # at least one face with its chip and embedding
     count, shape = re.fullmatch(r"(\d+) \((\d+), 128\)", lines[-1]).groups()
     assert int(count) == int(shape) >= len(faces) - 1  # MTCNN's faces, each embedded
