@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import ImageFile
 from tqdm import tqdm
 
 from classroom.demo import find_lfw, people_with_photos
@@ -227,11 +228,14 @@ class FaceRecognitionRecipe:
     """face_recognition's 20-line recipe: HOG faces (one upsampling), encodings, nearest enrolled face <= 0.6."""
 
     def __init__(self):
+        truncated_images = ImageFile.LOAD_TRUNCATED_IMAGES
         try:
             import face_recognition
         except ImportError:
             raise ConfigError("--reference face_recognition needs the face_recognition package: pip install "
                               "--no-deps face_recognition (beside dlib-bin and face_recognition_models)") from None
+        finally:  # its import makes Pillow accept truncated files, process-wide; our reader must keep refusing them
+            ImageFile.LOAD_TRUNCATED_IMAGES = truncated_images
         self.api = face_recognition
         self.encodings: list[np.ndarray] = []
         self.owners: list[str] = []
