@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from classroom.database import Gallery
 from classroom.report import annotate
 from classroom.service import AttendanceService
 from classroom.session import PhotoMarks
@@ -161,9 +162,7 @@ class DemoClass:
     face_people: list[str | None]  # per detected face: the enrolled student pasted there; None: a stranger or
                                    # a face of the background of a pasted photo
     face_strangers: list[bool]    # per detected face: it is a stranger's own face
-    names: list[str]              # the gallery's students (the columns of ``marks.scores``)
-    gallery_vectors: np.ndarray = field(repr=False)
-    gallery_owners: np.ndarray = field(repr=False)
+    gallery: Gallery = field(repr=False)  # its students' names are the columns of ``marks.scores``
     threshold: float
     marks: PhotoMarks = field(repr=False)
     seconds: float                # marking time
@@ -195,17 +194,17 @@ def demo_classes(service: AttendanceService, demo: dict, people: dict[str, list[
         owners = [_owner(box, regions) for box in marks.detections.boxes.tolist()]
         yield DemoClass(index, canvas, present, [name for name in enrolled if name not in present], len(strangers),
                         [None if owner is None else who[owner] for owner in owners],
-                        [owner is not None and who[owner] is None for owner in owners], gallery.names,
-                        gallery.vectors, gallery.owners, threshold, marks, seconds)
+                        [owner is not None and who[owner] is None for owner in owners], gallery, threshold, marks,
+                        seconds)
 
 
 def class_outcome(demo_class: DemoClass, scores: np.ndarray, pairs: list[tuple[int, int]], threshold: float
                   ) -> tuple[dict, list[dict]]:
     """(counts, errors) of one class's assignment ``pairs`` of its faces (``scores`` (F, S), columns
-    ``demo_class.names``) at ``threshold``: the service's own, or another rule's replayed on the same faces.
+    ``demo_class.gallery.names``) at ``threshold``: the service's own, or another rule's replayed on the same faces.
     Errors carry the scores that explain them: a present student not marked (their best face score), a student
     marked on someone else's face (an absent student, a stranger or a classmate)."""
-    names, people = demo_class.names, demo_class.face_people
+    names, people = demo_class.gallery.names, demo_class.face_people
     column = {name: student for student, name in enumerate(names)}
     marked = {names[student]: face for face, student in pairs}  # student → the face they were marked on
     counts = {"marks": len(marked), "present": len(demo_class.present), "absent": len(demo_class.absent),
@@ -263,7 +262,8 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
             errors.extend(class_errors)
             seconds_mark += demo_class.seconds
             if demo_class.index == 0:
-                cv2.imwrite(str(out / "class0_annotated.jpg"), annotate(demo_class.canvas, marks, demo_class.names))
+                cv2.imwrite(str(out / "class0_annotated.jpg"),
+                            annotate(demo_class.canvas, marks, demo_class.gallery.names))
     finally:
         service.close()
         shutil.rmtree(workdir, ignore_errors=True)

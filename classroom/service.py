@@ -145,10 +145,10 @@ class AttendanceService:
         """The matching settings for the embedder of the ``purpose`` pipeline (``matching_settings``)."""
         return matching_settings(self.cfg["matching"], self.pipeline(purpose).embedder.name)
 
-    def unknown_threshold(self, vectors: np.ndarray, owners: np.ndarray, purpose: str) -> tuple[float, int]:
+    @staticmethod
+    def unknown_threshold(vectors: np.ndarray, owners: np.ndarray, settings: dict) -> tuple[float, int]:
         """(threshold, impostor pairs) calibrated on a gallery's photos with the target false-accept rate, tail and
-        floor of the ``purpose`` pipeline's embedder."""
-        settings = self.matching(purpose)
+        floor of ``settings`` (``matching``)."""
         return calibrate_unknown_threshold(vectors, owners, settings["target_far"], settings["floor"],
                                            settings["tail"])
 
@@ -182,7 +182,7 @@ class AttendanceService:
                 if not check.ok:
                     result.rejected.append((str(photo), check.reason))
                     continue
-                vector = pipeline.embedder.embed_faces(image, check.face.landmarks)[1].numpy()[0]
+                vector = pipeline.embedder.embed_faces(image, check.face.landmarks, check.chip[None])[1].numpy()[0]
                 entries.append((photo.name, vector, photo.read_bytes() if keep_photos else None))
             if not entries:
                 result.failed_students.append(name)
@@ -198,7 +198,7 @@ class AttendanceService:
             names = sorted(embeddings)
             vectors = np.concatenate([embeddings[name] for name in names])
             owners = np.concatenate([np.full(len(embeddings[name]), i) for i, name in enumerate(names)])
-            threshold, _ = self.unknown_threshold(vectors, owners, "enroll")
+            threshold, _ = self.unknown_threshold(vectors, owners, self.matching("enroll"))
             result.warnings = roster_warnings(embeddings, photo_names, threshold)
         for warning in result.warnings:
             print(f"warning: {warning}")
@@ -216,14 +216,14 @@ class AttendanceService:
         gallery = self.db.gallery(class_name, pipeline.embedder.cache_key)
         if not gallery.names:
             raise GalleryError(f"class {class_name!r} has no enrolled students")
-        threshold, impostor_pairs = self.unknown_threshold(gallery.vectors, gallery.owners, "mark")
-        min_margin = self.matching("mark")["min_margin"]
+        settings = self.matching("mark")
+        threshold, impostor_pairs = self.unknown_threshold(gallery.vectors, gallery.owners, settings)
         results = []
         for name, image in images:
             faces = pipeline.process(image)
             embeddings = faces.embeddings.numpy()
             scores = student_scores(embeddings, gallery)
-            pairs = assign(scores, threshold, min_margin)
+            pairs = assign(scores, threshold, settings["min_margin"])
             results.append(PhotoMarks(name, faces.detections, scores, pairs, faces.chips, embeddings))
         return gallery, threshold, impostor_pairs, results
 

@@ -19,6 +19,7 @@ whichever embedder the pipeline uses.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import pickle
@@ -26,7 +27,6 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from classroom.service import (MATCHING_FILE, MATCHING_SETTINGS, AttendanceServi
 from common.cli import run_cli
 from common.config import ConfigError, project_path
 from common.lfw import REPORT_FOLD
-from matching.identification import assign, calibrate_unknown_threshold, student_scores
+from matching.identification import assign, calibrate_unknown_threshold, impostor_scores, student_scores
 from pipeline import pipeline_config
 from pipeline.build import SEPARATOR
 
@@ -107,40 +107,24 @@ def collect(cfg: dict, embedders: list[str], classes: int, cache: Path | None) -
     return collected, slices
 
 
-def impostor_scores(classes: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Every impostor pair's cosine (photos of two different enrolled students of one class), pooled."""
-    pooled = []
-    for vectors, owners in classes:
-        similarity = vectors @ vectors.T
-        pooled.append(similarity[np.triu(owners[:, None] != owners[None, :], k=1)])
-    return np.concatenate(pooled)
-
-
 def replay(collected: list[DemoClass], slices, members: tuple[str, ...], tail: str) -> list[dict]:
     """Each grid setting's summed counts over the classes, for the candidate fusing ``members``."""
-    galleries = [(candidate_vectors(demo_class.gallery_vectors, slices, members), demo_class.gallery_owners)
+    galleries = [dataclasses.replace(demo_class.gallery, vectors=candidate_vectors(demo_class.gallery.vectors,
+                                                                                     slices, members))
                  for demo_class in collected]
-    impostors = impostor_scores(galleries)
+    impostors = np.concatenate([impostor_scores(gallery.vectors, gallery.owners) for gallery in galleries])
     floors = [NO_FLOOR] + [float(np.quantile(impostors, q)) for q in FLOOR_QUANTILES if q is not None]
     margins = [float(k * impostors.std()) for k in MARGIN_STDS]
     totals = {setting: Counter() for setting in itertools.product(TARGET_FARS, floors, margins)}
-    for demo_class, (vectors, owners) in zip(collected, galleries):
-        scores = student_scores(candidate_vectors(demo_class.marks.embeddings, slices, members),
-                                _Gallery(demo_class.names, vectors, owners))
+    for demo_class, gallery in zip(collected, galleries):
+        scores = student_scores(candidate_vectors(demo_class.marks.embeddings, slices, members), gallery)
         for target_far, floor in itertools.product(TARGET_FARS, floors):
-            threshold, _ = calibrate_unknown_threshold(vectors, owners, target_far, floor, tail)
+            threshold, _ = calibrate_unknown_threshold(gallery.vectors, gallery.owners, target_far, floor, tail)
             for margin in margins:
                 counts, _ = class_outcome(demo_class, scores, assign(scores, threshold, margin), threshold)
                 totals[(target_far, floor, margin)].update(counts)
     return [{"target_far": target_far, "floor": round(floor, 4), "min_margin": round(margin, 4), **counts,
              **rates(counts)} for (target_far, floor, margin), counts in totals.items()]
-
-
-@dataclass
-class _Gallery:
-    names: list[str]
-    vectors: np.ndarray
-    owners: np.ndarray
 
 
 def false_marks(row: dict) -> int:

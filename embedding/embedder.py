@@ -97,10 +97,11 @@ class Embedder:
             embeddings = F.normalize(embeddings, dim=1) + F.normalize(self.model(batch.flip(3)).float(), dim=1)
         return embeddings.cpu()
 
-    def embed_faces(self, image: np.ndarray, landmarks) -> tuple[np.ndarray, torch.Tensor]:
+    def embed_faces(self, image: np.ndarray, landmarks, chips: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, torch.Tensor]:
         """((N, S, S, 3) uint8 chips, (N, D) embeddings) of the faces at (N, 5, 2) ``landmarks`` (photo px) of one
-        (H, W, 3) uint8 photo."""
-        chips = self.alignment.align(image, landmarks)
+        (H, W, 3) uint8 photo; ``chips``: this alignment's chips of them, when already cut."""
+        chips = self.alignment.align(image, landmarks) if chips is None else chips
         return chips, self.embed_chips(chips)
 
     @property

@@ -61,10 +61,13 @@ class FusedEmbedder:
         """The first member's alignment: the chips a fusion shows (thumbnails) and checks (enrolment sharpness)."""
         return self.members[0].alignment
 
-    def embed_faces(self, image: np.ndarray, landmarks) -> tuple[np.ndarray, torch.Tensor]:
+    def embed_faces(self, image: np.ndarray, landmarks, chips: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, torch.Tensor]:
         """((N, S, S, 3) uint8 chips of the first member, (N, sum D_i) fused embeddings) of the faces at (N, 5, 2)
-        ``landmarks`` of one photo: each member embeds the chips of its own alignment."""
-        embedded = [member.embed_faces(image, landmarks) for member in self.members]
+        ``landmarks`` of one photo: each member embeds the chips of its own alignment (``chips``: the first
+        member's, when already cut)."""
+        embedded = [member.embed_faces(image, landmarks, chips if index == 0 else None)
+                    for index, member in enumerate(self.members)]
         return embedded[0][0], torch.from_numpy(self.fuse([embeddings for _, embeddings in embedded]))
 
     def fuse(self, embeddings: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray:

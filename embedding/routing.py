@@ -53,9 +53,11 @@ class SizeRoutedEmbedder:
         """Chips alone carry no face size: the full-size network's embeddings."""
         return self.large.embed_chips(chips)
 
-    def embed_faces(self, image: np.ndarray, landmarks) -> tuple[np.ndarray, torch.Tensor]:
-        """((N, S, S, 3) chips, (N, D) embeddings): each face by the network for its size."""
-        chips = self.alignment.align(image, landmarks)
+    def embed_faces(self, image: np.ndarray, landmarks, chips: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, torch.Tensor]:
+        """((N, S, S, 3) chips, (N, D) embeddings): each face by the network for its size (``chips``: already
+        cut)."""
+        chips = self.alignment.align(image, landmarks) if chips is None else chips
         small = face_widths(landmarks) < self.below_px  # (N,)
         embeddings = torch.zeros(len(chips), self.dim)
         for network, chosen in ((self.large, ~small), (self.small, small)):

@@ -33,6 +33,12 @@ TAILS = ("normal", "empirical")
 FISHER_CLIP = 1 - 1e-6
 
 
+def impostor_scores(vectors: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """The cosine of every pair of ``vectors`` (M, D) with different ``owners`` (M,), each pair once."""
+    similarity = vectors @ vectors.T  # (M, M)
+    return similarity[np.triu(owners[:, None] != owners[None, :], k=1)]
+
+
 def calibrate_unknown_threshold(vectors: np.ndarray, owners: np.ndarray, target_far: float, floor: float,
                                 tail: str = "empirical") -> tuple[float, int]:
     """(threshold, impostor pairs): the similarity that impostor scores (photos of different enrolled students,
@@ -46,8 +52,7 @@ def calibrate_unknown_threshold(vectors: np.ndarray, owners: np.ndarray, target_
         raise ConfigError(f"matching.tail must be one of {', '.join(TAILS)}, got {tail!r}")
     if len(vectors) < 2:
         return floor, 0
-    similarity = vectors @ vectors.T
-    impostor = similarity[np.triu(owners[:, None] != owners[None, :], k=1)]
+    impostor = impostor_scores(vectors, owners)
     if impostor.size == 0:
         return floor, 0
     if tail == "empirical":
