@@ -22,6 +22,7 @@ its 128-d encodings, the nearest enrolled face at distance <= 0.6) on the same p
 """
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import tempfile
@@ -40,6 +41,7 @@ from classroom.demo import find_lfw, people_with_photos
 from classroom.service import AttendanceService
 from common.boxes import box_iou
 from common.config import ConfigError
+from common.io import at_size
 from common.lfw import REPORT_FOLD
 from common.stats import rate_figure
 
@@ -159,16 +161,6 @@ def phone_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
-def at_size(image: np.ndarray, size: tuple[int, int], quality: int) -> np.ndarray:
-    """``image`` shrunk by area to ``size`` (W, H) and JPEG-coded at ``quality``, decoded back to RGB."""
-    if (image.shape[1], image.shape[0]) != tuple(size):
-        image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("OpenCV could not encode a JPEG")
-    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
 def face_owners(detected_boxes: np.ndarray, seat_boxes: np.ndarray) -> list[int | None]:
     """Per detection: the seat whose face box it overlaps most (IoU >= ``OWNER_IOU``), else None."""
     if len(detected_boxes) == 0 or len(seat_boxes) == 0:
@@ -262,6 +254,40 @@ class FaceRecognitionRecipe:
         return boxes.reshape(-1, 4), marks
 
 
+def enroll_roster(service: AttendanceService, class_name: str, roster: Path, chosen: list[str],
+                  class_photo: dict[str, Path], people: dict[str, list[Path]], eligible: list[str],
+                  strangers: list[str], wanted: int, rng: np.random.Generator) -> dict[str, str]:
+    """Enrol ``chosen`` (changed in place) as a school does: each student from ``wanted`` photos other than their
+    class photo; a rejected photo is retaken with the student's next photo, and a student none of whose photos
+    passes is replaced by another of ``eligible`` (drawn with ``rng``, so the class's other draws stay as they are;
+    in a school the teacher, warned, would retake the photo). (replaced student → replacement)"""
+    shown = dict.fromkeys(chosen, 0)  # how many of each student's other photos the roster has shown
+    accepted = dict.fromkeys(chosen, 0)
+    replaced: dict[str, str] = {}
+    tried = set(chosen) | set(strangers)
+    for attempt in itertools.count():
+        for name in [name for name in chosen if not accepted[name] and shown[name] >= len(people[name]) - 1]:
+            new = str(rng.choice([person for person in eligible if person not in tried]))
+            tried.add(new)
+            chosen[chosen.index(name)] = new
+            replaced[next((first for first, now in replaced.items() if now == name), name)] = new
+            class_photo[new] = people[new][int(rng.integers(len(people[new])))]
+            shown[new] = accepted[new] = 0
+        pending = [name for name in chosen if accepted[name] < wanted and shown[name] < len(people[name]) - 1]
+        if not pending:
+            return replaced
+        folder = roster / str(attempt)
+        for name in pending:
+            others = [photo for photo in people[name] if photo != class_photo[name]]
+            shown[name] = min(len(others), shown[name] + wanted - accepted[name])
+            (folder / name).mkdir(parents=True)
+            for photo in others[:shown[name]]:
+                (folder / name / photo.name).symlink_to(photo)
+        result = service.enroll(class_name, folder)
+        for name in pending:
+            accepted[name] = result.enrolled.get(name, 0)
+
+
 def central_face_box(service: AttendanceService, path: Path) -> np.ndarray:
     """(4,) xyxy of the enrolment detector's face nearest the centre of an LFW photo (the nominal box without)."""
     image = cv2.imread(str(path))[:, :, ::-1]
@@ -290,6 +316,7 @@ def run_classroom_benchmark(cfg: dict, split: str | None = None, classes: int | 
     scale = [size[0] / sizes[0][0] for size in sizes]
     workdir = Path(tempfile.mkdtemp(prefix="classroom_benchmark_"))
     service = AttendanceService(cfg, db_path=workdir / "benchmark.sqlite", verbose=verbose)
+    replacements = 0
     ours = {size: Counter() for size in sizes}
     theirs = {size: Counter() for size in sizes}
     seconds = Counter()
@@ -301,18 +328,18 @@ def run_classroom_benchmark(cfg: dict, split: str | None = None, classes: int | 
             strangers = rng.choice(others, settings["strangers"], replace=False).tolist()
             present = rng.choice(chosen, settings["present"], replace=False).tolist()
             absent = [name for name in chosen if name not in present]
-            roster = workdir / f"roster{index}"
-            class_photo, recipe = {}, FaceRecognitionRecipe() if reference else None
-            for name in chosen:
-                photos = people[name]
-                class_photo[name] = photos[int(rng.integers(len(photos)))]
-                enrol = [photo for photo in photos if photo != class_photo[name]][:settings["enroll_photos"]]
-                (roster / name).mkdir(parents=True)
-                for photo in enrol:
-                    (roster / name / photo.name).symlink_to(photo)
-                if recipe:
-                    recipe.enroll(name, enrol)
-            service.enroll(f"class{index}", roster)
+            class_photo = {name: people[name][int(rng.integers(len(people[name])))] for name in chosen}
+            replaced = enroll_roster(service, f"class{index}", workdir / f"roster{index}", chosen, class_photo,
+                                     people, eligible, strangers, settings["enroll_photos"],
+                                     np.random.default_rng([first_seed + index, 1]))
+            replacements += len(replaced)
+            for old_name, new_name in replaced.items():
+                present = [new_name if name == old_name else name for name in present]
+                absent = [new_name if name == old_name else name for name in absent]
+            recipe = FaceRecognitionRecipe() if reference else None
+            for name in chosen if recipe else ():
+                recipe.enroll(name, [photo for photo in people[name] if photo != class_photo[name]]
+                              [:settings["enroll_photos"]])
             seated = [(name, True, class_photo[name]) for name in present]
             seated += [(name, False, people[name][int(rng.integers(len(people[name])))]) for name in strangers]
             seated = [seated[i] for i in rng.permutation(len(seated))]
@@ -324,7 +351,7 @@ def run_classroom_benchmark(cfg: dict, split: str | None = None, classes: int | 
                 shot = at_size(image, size, quality)
                 seat_boxes = np.stack([seat.box for seat in photo.seats]) * factor
                 start = time.perf_counter()
-                gallery, _, _, [marks] = service.match_photos(f"class{index}", [(f"class{index}.jpg", shot)])
+                gallery, _, [marks] = service.match_photos(f"class{index}", [(f"class{index}.jpg", shot)])
                 seconds[size] += time.perf_counter() - start
                 marked = {gallery.names[student]: face for face, student in marks.pairs}
                 ours[size].update(photo_outcome(photo.seats, seat_boxes, marks.detections.boxes.numpy(), marked,
@@ -340,6 +367,7 @@ def run_classroom_benchmark(cfg: dict, split: str | None = None, classes: int | 
         shutil.rmtree(workdir, ignore_errors=True)
     report = {"benchmark": "classroom", "split": split, "classes": classes, "first_seed": first_seed,
               "people": f"LFW folds {SPLIT_FOLDS[split]}", "settings": settings, "pipeline": cfg["pipeline"],
+              "students_replaced": replacements,
               "sizes": {f"{w}x{h}": {"ours": summary(ours[(w, h)], seconds[(w, h)], classes),
                                      **({"face_recognition": summary(theirs[(w, h)], seconds[("reference", (w, h))],
                                                                      classes)} if reference else {})}

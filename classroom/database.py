@@ -1,5 +1,6 @@
-"""The attendance database (SQLite, one file, no server): classes, students with one embedding per enrolled photo,
-sessions and their marks, and the teacher's corrections of marks.
+"""The attendance database (SQLite, one file, no server): classes, students with one embedding per enrolled photo
+(and of the photo shrunk to small faces, which calibrates the thresholds of small faces in class photos), sessions
+and their marks, and the teacher's corrections of marks.
 
 Every change is one transaction (a re-enrolled student's photos are replaced all at once; a session's marks land
 together), the journal is WAL so several ``mark`` runs can write the same file, and the file is created readable
@@ -12,7 +13,7 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,9 @@ MIGRATIONS = (
         id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
         student_id INTEGER NOT NULL REFERENCES students(id) ON DELETE CASCADE, present INTEGER NOT NULL,
         previous INTEGER, reason TEXT NOT NULL, created REAL NOT NULL)""",),
+    ("""CREATE TABLE degraded_embeddings (
+        id INTEGER PRIMARY KEY, embedding_id INTEGER NOT NULL REFERENCES embeddings(id) ON DELETE CASCADE,
+        face_px REAL NOT NULL, vector BLOB NOT NULL, UNIQUE (embedding_id, face_px))""",),
 )
 BUSY_TIMEOUT_MS = 60_000  # a concurrent writer waits this long for the lock
 
@@ -54,13 +58,25 @@ class GalleryError(UserError, ValueError):
 
 @dataclass
 class Gallery:
-    """A class's enrolled faces: ``vectors`` (M, D) float32, ``owners`` (M,) index into ``names``."""
+    """A class's enrolled faces: ``vectors`` (M, D) float32, ``owners`` (M,) index into ``names``; ``degraded``:
+    face width (px) → (M, D) the same photos embedded with faces that small, for the sizes every photo has."""
 
     class_id: int
     names: list[str]
     vectors: np.ndarray
     owners: np.ndarray
     photos: list[str]
+    degraded: dict[float, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class EnrolledPhoto:
+    """What enrolment stores of one accepted photo."""
+
+    photo: str                    # its file name
+    vector: np.ndarray            # (D,) its embedding
+    image: bytes | None = None    # the photo itself, only when asked to keep it
+    degraded: dict[float, np.ndarray] = field(default_factory=dict)  # face width (px) → (D,) of the shrunk photo
 
 
 @dataclass
@@ -70,6 +86,10 @@ class Mark:
     score: float | None
     photo: str | None
     box: list[float] | None
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, np.float32).tobytes()
 
 
 class AttendanceDB:
@@ -163,20 +183,22 @@ class AttendanceDB:
                                "two models. Use the class's embedder or another class name")
         return row[0]
 
-    def replace_students(self, class_name: str, embedder: str, students: dict[str, list[tuple[str, np.ndarray,
-                                                                                              bytes | None]]]) -> None:
-        """Enrol ``students`` (name → [(photo name, embedding, photo bytes or None)]) in one transaction, replacing
-        the earlier entries of each."""
+    def replace_students(self, class_name: str, embedder: str, students: dict[str, list[EnrolledPhoto]]) -> None:
+        """Enrol ``students`` (name → their accepted photos) in one transaction, replacing the earlier entries of
+        each."""
         with self.transaction() as connection:
             class_id = self.ensure_class(connection, class_name, embedder)
             for name, photos in students.items():
                 connection.execute("DELETE FROM students WHERE class_id = ? AND name = ?", (class_id, name))
                 student_id = connection.execute("INSERT INTO students (class_id, name, enrolled) VALUES (?, ?, ?)",
                                                 (class_id, name, time.time())).lastrowid
-                connection.executemany(
-                    "INSERT INTO embeddings (student_id, photo, vector, image) VALUES (?, ?, ?, ?)",
-                    [(student_id, photo, np.asarray(vector, np.float32).tobytes(), image)
-                     for photo, vector, image in photos])
+                for entry in photos:
+                    embedding_id = connection.execute(
+                        "INSERT INTO embeddings (student_id, photo, vector, image) VALUES (?, ?, ?, ?)",
+                        (student_id, entry.photo, _blob(entry.vector), entry.image)).lastrowid
+                    connection.executemany(
+                        "INSERT INTO degraded_embeddings (embedding_id, face_px, vector) VALUES (?, ?, ?)",
+                        [(embedding_id, float(face_px), _blob(vector)) for face_px, vector in entry.degraded.items()])
 
     def gallery(self, class_name: str, embedder: str | None = None) -> Gallery:
         class_id = self.class_id(class_name, embedder)
@@ -184,13 +206,22 @@ class AttendanceDB:
                                            (class_id,)).fetchall()
         index = {student_id: i for i, (student_id, _) in enumerate(students)}
         rows = self.connection.execute(
-            "SELECT e.student_id, e.vector, e.photo FROM embeddings e JOIN students s ON s.id = e.student_id "
+            "SELECT e.id, e.student_id, e.vector, e.photo FROM embeddings e JOIN students s ON s.id = e.student_id "
             "WHERE s.class_id = ? ORDER BY e.id", (class_id,)).fetchall()
-        vectors = (np.stack([np.frombuffer(vector, np.float32) for _, vector, _ in rows]) if rows
+        vectors = (np.stack([np.frombuffer(vector, np.float32) for _, _, vector, _ in rows]) if rows
                    else np.zeros((0, 0), np.float32))
-        owners = np.array([index[student_id] for student_id, _, _ in rows], dtype=np.int64)
+        owners = np.array([index[student_id] for _, student_id, _, _ in rows], dtype=np.int64)
+        row_of = {embedding_id: row for row, (embedding_id, _, _, _) in enumerate(rows)}
+        shrunk: dict[float, dict[int, np.ndarray]] = {}
+        for embedding_id, face_px, vector in self.connection.execute(
+                "SELECT d.embedding_id, d.face_px, d.vector FROM degraded_embeddings d "
+                "JOIN embeddings e ON e.id = d.embedding_id JOIN students s ON s.id = e.student_id "
+                "WHERE s.class_id = ?", (class_id,)):
+            shrunk.setdefault(face_px, {})[row_of[embedding_id]] = np.frombuffer(vector, np.float32)
+        degraded = {face_px: np.stack([by_row[row] for row in range(len(rows))])
+                    for face_px, by_row in sorted(shrunk.items()) if len(by_row) == len(rows)}
         return Gallery(class_id, [name for _, name in students], vectors, owners,
-                       [photo for _, _, photo in rows])
+                       [photo for _, _, _, photo in rows], degraded)
 
     # ------------------------------------------------------------------ sessions
     def save_session(self, class_name: str, key: str, date: str, threshold: float, unknown_faces: int,

@@ -163,7 +163,7 @@ class DemoClass:
                                    # a face of the background of a pasted photo
     face_strangers: list[bool]    # per detected face: it is a stranger's own face
     gallery: Gallery = field(repr=False)  # its students' names are the columns of ``marks.scores``
-    threshold: float
+    threshold: np.ndarray         # (F, S) what each face needed to score for each student
     marks: PhotoMarks = field(repr=False)
     seconds: float                # marking time
 
@@ -189,22 +189,24 @@ def demo_classes(service: AttendanceService, demo: dict, people: dict[str, list[
         who = present + [None] * len(strangers)
         canvas, regions = compose_class_photo(photos, tuple(demo["canvas"]), rng)
         start = time.perf_counter()
-        gallery, threshold, _, [marks] = service.match_photos(class_name, [(f"class{index}.jpg", canvas)])
+        gallery, thresholds, [marks] = service.match_photos(class_name, [(f"class{index}.jpg", canvas)])
         seconds = time.perf_counter() - start
         owners = [_owner(box, regions) for box in marks.detections.boxes.tolist()]
         yield DemoClass(index, canvas, present, [name for name in enrolled if name not in present], len(strangers),
                         [None if owner is None else who[owner] for owner in owners],
-                        [owner is not None and who[owner] is None for owner in owners], gallery, threshold, marks,
-                        seconds)
+                        [owner is not None and who[owner] is None for owner in owners], gallery,
+                        thresholds.for_faces(marks.face_px), marks, seconds)
 
 
-def class_outcome(demo_class: DemoClass, scores: np.ndarray, pairs: list[tuple[int, int]], threshold: float
+def class_outcome(demo_class: DemoClass, scores: np.ndarray, pairs: list[tuple[int, int]], threshold: np.ndarray
                   ) -> tuple[dict, list[dict]]:
     """(counts, errors) of one class's assignment ``pairs`` of its faces (``scores`` (F, S), columns
-    ``demo_class.gallery.names``) at ``threshold``: the service's own, or another rule's replayed on the same faces.
+    ``demo_class.gallery.names``) at ``threshold`` ((F, S) or one number): the service's own, or another rule's
+    replayed on the same faces.
     Errors carry the scores that explain them: a present student not marked (their best face score), a student
     marked on someone else's face (an absent student, a stranger or a classmate)."""
     names, people = demo_class.gallery.names, demo_class.face_people
+    threshold = np.broadcast_to(threshold, scores.shape)  # (F, S)
     column = {name: student for student, name in enumerate(names)}
     marked = {names[student]: face for face, student in pairs}  # student → the face they were marked on
     counts = {"marks": len(marked), "present": len(demo_class.present), "absent": len(demo_class.absent),
@@ -216,20 +218,23 @@ def class_outcome(demo_class: DemoClass, scores: np.ndarray, pairs: list[tuple[i
               # present students whose own face scores this close to the threshold, either side: the students a
               # small change of embedder or threshold decides
               "present_near_threshold": sum(1 for face, name in enumerate(people) if name in demo_class.present
-                                            and abs(float(scores[face, column[name]]) - threshold) < NEAR_THRESHOLD)}
+                                            and abs(float(scores[face, column[name]] - threshold[face, column[name]]))
+                                            < NEAR_THRESHOLD)}
     errors = []
     for name in demo_class.present:
         if name not in marked or people[marked[name]] != name:
-            best = float(scores[:, column[name]].max()) if len(scores) else None
+            best = int(scores[:, column[name]].argmax()) if len(scores) else None  # their best-scoring face
             errors.append({"class": demo_class.index, "kind": "present student not marked", "student": name,
-                           "best_score": None if best is None else round(best, 4), "threshold": round(threshold, 4)})
+                           "best_score": None if best is None else round(float(scores[best, column[name]]), 4),
+                           "threshold": None if best is None else round(float(threshold[best, column[name]]), 4)})
     for name, face in marked.items():
         if people[face] == name:
             continue
         kind = ("absent student marked" if name in demo_class.absent else "stranger marked as a student"
                 if demo_class.face_strangers[face] else "marked on another face")
         errors.append({"class": demo_class.index, "kind": kind, "student": name, "face_of": people[face],
-                       "score": round(float(scores[face, column[name]]), 4), "threshold": round(threshold, 4)})
+                       "score": round(float(scores[face, column[name]]), 4),
+                       "threshold": round(float(threshold[face, column[name]]), 4)})
     return counts, errors
 
 

@@ -1,5 +1,6 @@
 """Enrolment checks: is a photo usable to enrol a student (one clear, large, sharp face with plausible landmarks),
-and do a roster's photos agree with each other (``roster_warnings``)."""
+and do a roster's photos agree with each other (``roster_warnings``); and the copy of a photo whose face is as small
+as a back row's in a class photo (``small_face_copy``), which calibrates the thresholds of small faces."""
 from __future__ import annotations
 
 import math
@@ -7,8 +8,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
-from common.detections import Detections
+from common.detections import Detections, face_widths
+from common.io import at_size
 
 QUALITY_DEFAULTS = {
     "min_face_px": 80,           # shorter side of the face box in the photo
@@ -17,6 +20,9 @@ QUALITY_DEFAULTS = {
     "min_sharpness": 12.0,
     "other_face_ratio": 0.4,     # faces smaller than this fraction of the largest one are background
 }
+
+
+SMALL_FACE_JPEG = 90  # the quality of the JPEG of a small-face copy, a phone's
 
 
 @dataclass
@@ -103,3 +109,13 @@ def roster_warnings(embeddings: dict[str, np.ndarray], photos: dict[str, list[st
                     warnings.append(f"{name}: photo {photos[name][index]} matches {other} ({other_best:.3f}) better "
                                     f"than {name}'s other photos: duplicate or mislabeled?")
     return warnings
+
+
+def small_face_copy(image: np.ndarray, landmarks: torch.Tensor, face_px: float) -> tuple[np.ndarray, torch.Tensor]:
+    """(``image`` shrunk by area so that the face of ``landmarks`` (1, 5, 2) is ``face_px`` wide and JPEG-coded, as
+    a face at the back of a class photo; the landmarks on that copy). A face already that small is only coded."""
+    height, width = image.shape[:2]
+    scale = min(1.0, face_px / float(face_widths(landmarks)[0]))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    factors = torch.tensor([size[0] / width, size[1] / height], dtype=landmarks.dtype)
+    return at_size(image, size, SMALL_FACE_JPEG), landmarks * factors

@@ -1,4 +1,5 @@
-"""What ``attendance.py mark`` writes: CSV, JSON, annotated photos and a self-contained HTML report."""
+"""What ``attendance.py mark`` writes: CSV, JSON, annotated photos and a self-contained HTML report, with advice
+when faces too small to identify were left unknown (``small_face_advice``)."""
 from __future__ import annotations
 
 import base64
@@ -44,9 +45,56 @@ def annotate(image_rgb: np.ndarray, photo_marks, names: list[str]) -> np.ndarray
     return canvas
 
 
+def face_rows(boxes: np.ndarray) -> list[np.ndarray]:
+    """Indexes of ``boxes`` (N, 4) grouped into rows of seats: sorted by centre height, a new row where the gap to
+    the previous face exceeds half the taller one's height."""
+    if len(boxes) == 0:
+        return []
+    centres = (boxes[:, 1] + boxes[:, 3]) / 2
+    heights = boxes[:, 3] - boxes[:, 1]
+    order = np.argsort(centres)
+    rows = [[order[0]]]
+    for previous, face in zip(order, order[1:]):
+        if centres[face] - centres[previous] > 0.5 * max(heights[face], heights[previous]):
+            rows.append([])
+        rows[-1].append(face)
+    return [np.array(row) for row in rows]
+
+
+def small_face_advice(photo_marks: list, marks: list[dict], reliable_px: float, heights: list[int]) -> dict | None:
+    """When students are still absent and faces narrower than ``reliable_px`` (the width from which the classroom
+    benchmark identifies reliably) stayed unknown: those faces' rows in each photo (``heights``: the photos' heights
+    in px), and a message asking for a closer photo of them. None otherwise."""
+    absent = sum(not mark["present"] for mark in marks)
+    if not absent:
+        return None
+    rows = []
+    for item, height in zip(photo_marks, heights):
+        small = [face for face in item.unknown if item.face_px[face] < reliable_px]
+        boxes = item.detections.boxes.numpy()[small]
+        for row in face_rows(boxes):
+            top, bottom = float(boxes[row, 1].min()), float(boxes[row, 3].max())
+            rows.append({"photo": item.photo, "faces": len(row), "top_px": round(top), "bottom_px": round(bottom),
+                         "from_top": [round(top / height, 2), round(bottom / height, 2)],
+                         "face_px": round(float(np.median(item.face_px[np.array(small)[row]])), 1)})
+    if not rows:
+        return None
+    where = "; ".join(f"{row['photo']}: {row['faces']} faces about {row['face_px']:g} px wide, "
+                      f"{row['from_top'][0]:.0%}-{row['from_top'][1]:.0%} of the height from the top"
+                      for row in rows)
+    message = (f"{sum(row['faces'] for row in rows)} unknown faces are narrower than {reliable_px:g} px, too small "
+               f"to identify reliably, and {absent} students are not marked ({where}): take a closer photo of "
+               "these rows and mark it in the same session")
+    return {"reliable_face_px": reliable_px, "rows": rows, "message": message}
+
+
 def _thumbnail(chip_rgb: np.ndarray, size: int = 96) -> str:
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(cv2.resize(chip_rgb, (size, size)), cv2.COLOR_RGB2BGR))
     return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode() if ok else ""
+
+
+def _advice_html(advice: dict | None) -> str:
+    return f'<p class="advice"><strong>{html.escape(advice["message"])}</strong></p>' if advice else ""
 
 
 def _closest(face_scores: np.ndarray, names: list[str], count: int = 2) -> str:
@@ -57,7 +105,7 @@ def _closest(face_scores: np.ndarray, names: list[str], count: int = 2) -> str:
 
 
 def write_html(path: Path, class_name: str, session: str, marks: list[dict], photo_marks: list, names: list[str],
-               threshold: float) -> None:
+               threshold: float, advice: dict | None = None) -> None:
     """One HTML file with every image inlined: present students with the face that matched, absent students, and
     the faces no student matched. Every name is escaped."""
     matched = {}
@@ -88,7 +136,7 @@ border-bottom:1px solid #ddd}} tr.absent{{color:#a00}} figure{{display:inline-bl
 img{{border-radius:4px}}</style></head><body>
 <h1>{html.escape(class_name)} — session {html.escape(session)}</h1>
 <p>{present} of {len(marks)} students present; {unmatched} unmatched faces; unknown threshold {threshold:.3f}
-(cosine).</p>
+(cosine, a full-size face's; smaller faces are held to their own).</p>{_advice_html(advice)}
 <table><tr><th></th><th>student</th><th>mark</th><th>score</th><th>photo</th></tr>{''.join(rows)}</table>
 <h2>Faces that matched no student</h2><div>{unknown or '<p>none</p>'}</div>
 </body></html>""", encoding="utf-8")

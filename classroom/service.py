@@ -15,11 +15,13 @@ from tqdm import tqdm
 from common.errors import InputError
 from common.config import ConfigError, build_config, load_yaml, project_path
 from common.io import ImageReadError, list_images, read_image
-from classroom.database import AttendanceDB, GalleryError, Mark
-from classroom.enrolment import QUALITY_DEFAULTS, check_enrollment_photo, roster_warnings
-from classroom.report import annotate, write_csv, write_html, write_json
+from classroom.database import AttendanceDB, EnrolledPhoto, Gallery, GalleryError, Mark
+from classroom.enrolment import QUALITY_DEFAULTS, check_enrollment_photo, roster_warnings, small_face_copy
+from classroom.report import annotate, small_face_advice, write_csv, write_html, write_json
 from classroom.session import PhotoMarks, merge_session
-from matching.identification import assign, calibrate_unknown_threshold, student_scores
+from common.detections import face_widths
+from matching.identification import (UnknownThresholds, assign, calibrate_thresholds, calibrate_unknown_threshold,
+                                     student_scores)
 from pipeline import pipeline_config, pipeline_from_config
 
 ATTENDANCE_DEFAULTS = {
@@ -29,7 +31,8 @@ ATTENDANCE_DEFAULTS = {
     "database": None,
     "device": "cpu",
     "quality": dict(QUALITY_DEFAULTS),
-    "matching": {"target_far": None, "floor": None, "tail": "normal", "min_margin": None},
+    "matching": {"target_far": None, "floor": None, "tail": "normal", "min_margin": None,
+                 "calibrate_face_px": [16.0, 24.0, 32.0, 48.0], "reliable_face_px": 24.0},
     "demo": {"lfw_root": None, "folds": [], "classes": 20, "students": 30, "present": 25, "strangers": 5,
              "enroll_photos": 2,
              "canvas": [1920, 1080], "seed": 0},
@@ -63,8 +66,19 @@ def attendance_config(path=None, set_items=()) -> dict:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ConfigError(f"{path or 'the attendance config'}: matching.{key} must be a number, or null for the "
                               f"value tuned for the pipeline's embedder; got {type(value).__name__} {value!r}")
+    sizes = cfg["matching"]["calibrate_face_px"]
+    if not all(_positive(size) for size in sizes):
+        raise ConfigError(f"{path or 'the attendance config'}: matching.calibrate_face_px must be a list of face "
+                          f"widths in px ([] for one threshold at every size); got {sizes!r}")
+    if not _positive(cfg["matching"]["reliable_face_px"]):
+        raise ConfigError(f"{path or 'the attendance config'}: matching.reliable_face_px must be a width in px; got "
+                          f"{cfg['matching']['reliable_face_px']!r}")
     cfg["config_path"] = str(path) if path else None
     return cfg
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def matching_settings(matching: dict, embedder: str, tuned_file: Path = MATCHING_FILE) -> dict:
@@ -147,10 +161,26 @@ class AttendanceService:
 
     @staticmethod
     def unknown_threshold(vectors: np.ndarray, owners: np.ndarray, settings: dict) -> tuple[float, int]:
-        """(threshold, impostor pairs) calibrated on a gallery's photos with the target false-accept rate, tail and
-        floor of ``settings`` (``matching``)."""
+        """(threshold, impostor pairs) of one full-size photo against another, calibrated on a gallery's photos with
+        the target false-accept rate, tail and floor of ``settings`` (``matching``)."""
         return calibrate_unknown_threshold(vectors, owners, settings["target_far"], settings["floor"],
                                            settings["tail"])
+
+    @staticmethod
+    def thresholds(gallery: Gallery, settings: dict) -> UnknownThresholds:
+        """What a face needs to score for each student, by its size (``calibrate_thresholds`` on the gallery's
+        photos and their small-face copies)."""
+        return calibrate_thresholds(gallery.vectors, gallery.owners, len(gallery.names), gallery.degraded,
+                                    settings["target_far"], settings["floor"], settings["tail"])
+
+    @staticmethod
+    def small_face_vectors(embedder, image: np.ndarray, landmarks, sizes) -> dict[float, np.ndarray]:
+        """Face width → (D,) the embedding of ``image``'s face (``landmarks`` (1, 5, 2)) shrunk to that width."""
+        vectors = {}
+        for face_px in sizes:
+            small, points = small_face_copy(image, landmarks, float(face_px))
+            vectors[float(face_px)] = embedder.embed_faces(small, points)[1].numpy()[0]
+        return vectors
 
     # ------------------------------------------------------------------ enroll
     def enroll(self, class_name: str, roster: Path, keep_photos: bool = False) -> EnrollResult:
@@ -183,13 +213,15 @@ class AttendanceService:
                     result.rejected.append((str(photo), check.reason))
                     continue
                 vector = pipeline.embedder.embed_faces(image, check.face.landmarks, check.chip[None])[1].numpy()[0]
-                entries.append((photo.name, vector, photo.read_bytes() if keep_photos else None))
+                entries.append(EnrolledPhoto(photo.name, vector, photo.read_bytes() if keep_photos else None,
+                                             self.small_face_vectors(pipeline.embedder, image, check.face.landmarks,
+                                                                     self.cfg["matching"]["calibrate_face_px"])))
             if not entries:
                 result.failed_students.append(name)
                 continue
             kept[name] = entries
-            embeddings[name] = np.stack([vector for _, vector, _ in entries])
-            photo_names[name] = [photo for photo, _, _ in entries]
+            embeddings[name] = np.stack([entry.vector for entry in entries])
+            photo_names[name] = [entry.photo for entry in entries]
         for photo, reason in result.rejected:
             print(f"rejected {photo}: {reason}")
         for name in result.failed_students:
@@ -210,22 +242,24 @@ class AttendanceService:
         return result
 
     # ------------------------------------------------------------------ mark
-    def match_photos(self, class_name: str, images: list[tuple[str, np.ndarray]]):
-        """(gallery, threshold, impostor pairs, [PhotoMarks]) for photos of one session."""
+    def match_photos(self, class_name: str, images: list[tuple[str, np.ndarray]]
+                     ) -> tuple[Gallery, UnknownThresholds, list[PhotoMarks]]:
+        """(gallery, thresholds, [PhotoMarks]) for photos of one session."""
         pipeline = self.pipeline("mark")
         gallery = self.db.gallery(class_name, pipeline.embedder.cache_key)
         if not gallery.names:
             raise GalleryError(f"class {class_name!r} has no enrolled students")
         settings = self.matching("mark")
-        threshold, impostor_pairs = self.unknown_threshold(gallery.vectors, gallery.owners, settings)
+        thresholds = self.thresholds(gallery, settings)
         results = []
         for name, image in images:
             faces = pipeline.process(image)
             embeddings = faces.embeddings.numpy()
+            widths = face_widths(faces.detections.landmarks)  # (F,)
             scores = student_scores(embeddings, gallery)
-            pairs = assign(scores, threshold, settings["min_margin"])
-            results.append(PhotoMarks(name, faces.detections, scores, pairs, faces.chips, embeddings))
-        return gallery, threshold, impostor_pairs, results
+            pairs = assign(scores, thresholds.for_faces(widths), settings["min_margin"])
+            results.append(PhotoMarks(name, faces.detections, scores, pairs, faces.chips, embeddings, widths))
+        return gallery, thresholds, results
 
     def create_class(self, class_name: str) -> int:
         """An empty class for the embedder of the enrolment pipeline."""
@@ -240,22 +274,28 @@ class AttendanceService:
                     out: Path) -> MarkResult:
         """Mark decoded photos ((name, RGB) pairs) of one session, write the outputs to ``out``, then store the
         marks (the last step, one transaction)."""
-        gallery, threshold, impostor_pairs, results = self.match_photos(class_name, images)
+        gallery, thresholds, results = self.match_photos(class_name, images)
+        threshold = thresholds.full_size
         marks = merge_session(results, gallery.names)
         unknown = sum(len(item.unknown) for item in results)
+        advice = small_face_advice(results, marks, self.cfg["matching"]["reliable_face_px"],
+                                   [image.shape[0] for _, image in images])
         out.mkdir(parents=True, exist_ok=True)
         for (name, image), item in zip(images, results):
             cv2.imwrite(str(out / annotated_name(name)), annotate(image, item, gallery.names))
         write_csv(out / "attendance.csv", marks)
         summary = write_json(out / "attendance.json", marks, unknown, class_name=class_name, session=session,
-                             date=date, threshold=round(threshold, 4), impostor_pairs=impostor_pairs)
-        write_html(out / "report.html", class_name, session, marks, results, gallery.names, threshold)
+                             date=date, threshold=round(threshold, 4), impostor_pairs=thresholds.impostor_pairs,
+                             thresholds_by_face_px=thresholds.summary(), small_faces=advice)
+        write_html(out / "report.html", class_name, session, marks, results, gallery.names, threshold, advice)
         session_id = self.db.save_session(
             class_name, session, date, threshold, unknown, [name for name, _ in images],
             [Mark(m["student"], m["present"], m["score"], m["photo"], m["box"]) for m in marks])
         faces = sum(len(item.detections) for item in results)
         print(f"{class_name} {session}: {len(summary['present'])} present, {len(summary['absent'])} absent, "
               f"{unknown} unknown faces ({faces} faces in {len(images)} photos; threshold {threshold:.3f}) → {out}")
+        if advice:
+            print(advice["message"])
         return MarkResult(summary, results, gallery.names, session_id)
 
     # ------------------------------------------------------------------ report

@@ -17,6 +17,7 @@ class PhotoMarks:
     pairs: list[tuple[int, int]]
     chips: np.ndarray = field(repr=False, default=None)
     embeddings: np.ndarray = field(repr=False, default=None)  # (F, D) the faces', L2-normalised
+    face_px: np.ndarray = field(repr=False, default=None)     # (F,) the faces' widths from their eye distance
 
     @property
     def unknown(self) -> list[int]:

@@ -6,7 +6,7 @@ is the report set: refused here).
 One demo run (``classroom.demo``) with the fusion of every given embedder, equal weights, enrols and matches each
 class once. A fused embedding holds each member's own embedding, scaled (``embedding.fusion``), so every candidate —
 each embedder alone and each fusion of two or more, averaged — is replayed on the same faces and enrolment photos
-with the service's own rules (``calibrate_unknown_threshold``, ``student_scores``, ``assign``) over a grid of
+with the service's own rules (``calibrate_thresholds``, ``student_scores``, ``assign``) over a grid of
 ``target_far``, ``floor`` and ``min_margin``. Floors and margins are cosines, whose spread differs between
 embedders, so their grid is drawn from each candidate's own impostor scores on these classes.
 
@@ -19,7 +19,6 @@ whichever embedder the pipeline uses.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import pickle
@@ -33,13 +32,15 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from classroom.database import Gallery
 from classroom.demo import DemoClass, class_outcome, demo_classes, find_lfw, people_with_photos, rates
 from classroom.service import (MATCHING_FILE, MATCHING_SETTINGS, AttendanceService, attendance_config,
                                default_attendance_config)
 from common.cli import run_cli
 from common.config import ConfigError, project_path
+from common.detections import face_widths
 from common.lfw import REPORT_FOLD
-from matching.identification import assign, calibrate_unknown_threshold, impostor_scores, student_scores
+from matching.identification import assign, calibrate_thresholds, impostor_scores, student_scores
 from pipeline import pipeline_config
 from pipeline.build import SEPARATOR
 
@@ -83,10 +84,12 @@ def collect(cfg: dict, embedders: list[str], classes: int, cache: Path | None) -
         if stored["key"] == key:
             print(f"demo classes read from {cache}")
             return stored["classes"], stored["slices"]
-    # any matching settings do: the run keeps every face's scores, and the rules are replayed on them
+    # any matching settings do: the run keeps every face's scores, and the rules are replayed on them; the demo's
+    # faces are all full size, so no small-face copies are embedded
     run_cfg = {**cfg, "enroll_set": [*cfg["enroll_set"], f"embedding.embedder={fusion}"],
                "mark_set": [*cfg["mark_set"], f"embedding.embedder={fusion}"],
-               "matching": {**cfg["matching"], "target_far": max(TARGET_FARS), "floor": NO_FLOOR, "min_margin": 0.0}}
+               "matching": {**cfg["matching"], "target_far": max(TARGET_FARS), "floor": NO_FLOOR, "min_margin": 0.0,
+                            "calibrate_face_px": []}}
     people = people_with_photos(find_lfw(cfg["demo"]["lfw_root"]), cfg["demo"]["folds"])
     workdir = Path(tempfile.mkdtemp(prefix="attendance_tuning_"))
     service = AttendanceService(run_cfg, db_path=workdir / "tuning.sqlite")
@@ -109,17 +112,19 @@ def collect(cfg: dict, embedders: list[str], classes: int, cache: Path | None) -
 
 def replay(collected: list[DemoClass], slices, members: tuple[str, ...], tail: str) -> list[dict]:
     """Each grid setting's summed counts over the classes, for the candidate fusing ``members``."""
-    galleries = [dataclasses.replace(demo_class.gallery, vectors=candidate_vectors(demo_class.gallery.vectors,
-                                                                                     slices, members))
-                 for demo_class in collected]
+    galleries = [Gallery(demo_class.gallery.class_id, demo_class.gallery.names,
+                         candidate_vectors(demo_class.gallery.vectors, slices, members), demo_class.gallery.owners,
+                         demo_class.gallery.photos) for demo_class in collected]
     impostors = np.concatenate([impostor_scores(gallery.vectors, gallery.owners) for gallery in galleries])
     floors = [NO_FLOOR] + [float(np.quantile(impostors, q)) for q in FLOOR_QUANTILES if q is not None]
     margins = [float(k * impostors.std()) for k in MARGIN_STDS]
     totals = {setting: Counter() for setting in itertools.product(TARGET_FARS, floors, margins)}
     for demo_class, gallery in zip(collected, galleries):
         scores = student_scores(candidate_vectors(demo_class.marks.embeddings, slices, members), gallery)
+        widths = face_widths(demo_class.marks.detections.landmarks)  # (F,)
         for target_far, floor in itertools.product(TARGET_FARS, floors):
-            threshold, _ = calibrate_unknown_threshold(gallery.vectors, gallery.owners, target_far, floor, tail)
+            threshold = calibrate_thresholds(gallery.vectors, gallery.owners, len(gallery.names), {}, target_far,
+                                             floor, tail).for_faces(widths)  # (F, S)
             for margin in margins:
                 counts, _ = class_outcome(demo_class, scores, assign(scores, threshold, margin), threshold)
                 totals[(target_far, floor, margin)].update(counts)

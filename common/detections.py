@@ -3,9 +3,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 NUM_LANDMARKS = 5  # image-left eye, image-right eye, nose tip, image-left mouth corner, image-right mouth corner
+# A face box is about this many eye distances wide (MTCNN's boxes on LFW: 2.0-2.2): the eye distance, which a
+# detector's box margins do not change, gives a face's width
+FACE_WIDTH_EYES = 2.1
+
+
+def face_widths(landmarks) -> np.ndarray:
+    """(N,) the face width in px that (N, 5, 2) landmarks (eyes first) suggest."""
+    points = np.asarray(landmarks, dtype=np.float64).reshape(-1, NUM_LANDMARKS, 2)
+    return FACE_WIDTH_EYES * np.linalg.norm(points[:, 1] - points[:, 0], axis=1)
 
 
 @dataclass

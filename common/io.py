@@ -1,9 +1,11 @@
-"""Image files: decode any common format to an (H, W, 3) uint8 RGB array, and find images in a folder."""
+"""Image files: decode any common format to an (H, W, 3) uint8 RGB array, find images in a folder, and make the
+smaller JPEG copy of a photo a phone or a far camera would give (``at_size``)."""
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -65,3 +67,14 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(
         path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
     )
+
+
+def at_size(image: np.ndarray, size: tuple[int, int], quality: int) -> np.ndarray:
+    """(H', W', 3) uint8 RGB: ``image`` (H, W, 3 RGB) shrunk by area to ``size`` (W', H'), JPEG-coded at
+    ``quality`` and decoded."""
+    if (image.shape[1], image.shape[0]) != tuple(size):
+        image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

@@ -12,15 +12,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-# A face box is about this many eye distances wide (MTCNN's boxes on LFW: 2.0-2.2); a chip's template gives its eye
-# distance, so a chip shows a face of about FACE_WIDTH_EYES * eye distance px.
-FACE_WIDTH_EYES = 2.1
+from common.detections import face_widths
+
 
 
 def chip_face_width(template) -> float:
     """The width in chip px of the face an alignment template (5 points, eyes first) cuts."""
-    points = np.asarray(template, dtype=np.float64)
-    return FACE_WIDTH_EYES * float(np.linalg.norm(points[1] - points[0]))
+    return float(face_widths(np.asarray(template, dtype=np.float64)[None])[0])
 
 
 def jpeg(chip: torch.Tensor, quality: int) -> np.ndarray:

@@ -10,14 +10,8 @@ import numpy as np
 import torch
 
 from common.config import ConfigError
-from embedding.degrade import FACE_WIDTH_EYES
+from common.detections import face_widths
 from embedding.embedder import Embedder
-
-
-def face_widths(landmarks) -> np.ndarray:
-    """(N,) the face width in photo px that (N, 5, 2) landmarks (eyes first) suggest."""
-    points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
-    return FACE_WIDTH_EYES * np.linalg.norm(points[:, 1] - points[:, 0], axis=1)
 
 
 class SizeRoutedEmbedder:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from common.detections import Detections
-from classroom.database import AttendanceDB, GalleryError, Mark
+from classroom.database import AttendanceDB, EnrolledPhoto, GalleryError, Mark
 from classroom.enrolment import QUALITY_DEFAULTS, check_enrollment_photo, plausible_landmarks, roster_warnings
 from classroom.report import write_html
 from classroom.service import check_student_name
@@ -142,14 +142,14 @@ def test_database_is_private_transactional_and_merges_sessions(tmp_path):
     path = tmp_path / "a.sqlite"
     with AttendanceDB(path) as db:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        db.replace_students("7B", "model-x", {"ann": [("a.jpg", np.ones(4), None)], "bob": [("b.jpg", -np.ones(4),
-                                                                                              None)]})
+        db.replace_students("7B", "model-x", {"ann": [EnrolledPhoto("a.jpg", np.ones(4))],
+                                              "bob": [EnrolledPhoto("b.jpg", -np.ones(4))]})
         with pytest.raises(GalleryError, match="model-x"):
             db.gallery("7B", "model-y")
         with pytest.raises(GalleryError, match="does not exist.*7B"):
             db.class_id("8C")
         with pytest.raises(TypeError):  # a failure half-way through enrolment leaves the earlier entries
-            db.replace_students("7B", "model-x", {"ann": [("new.jpg", np.zeros(4), None)], "cat": None})
+            db.replace_students("7B", "model-x", {"ann": [EnrolledPhoto("new.jpg", np.zeros(4))], "cat": None})
         gallery = db.gallery("7B", "model-x")
         assert gallery.names == ["ann", "bob"] and gallery.photos == ["a.jpg", "b.jpg"]
         db.save_session("7B", "mon", "2026-11-23", 0.9, 1, ["p1.jpg"],
@@ -175,7 +175,7 @@ def _write_session(path, key):
 def test_two_writers_at_once_both_land(tmp_path):
     path = tmp_path / "a.sqlite"
     with AttendanceDB(path) as db:
-        db.replace_students("7B", "m", {"ann": [("a.jpg", np.ones(4), None)]})
+        db.replace_students("7B", "m", {"ann": [EnrolledPhoto("a.jpg", np.ones(4))]})
     context = multiprocessing.get_context("spawn")
     writers = [context.Process(target=_write_session, args=(path, key)) for key in ("x", "y")]
     for writer in writers:
@@ -257,6 +257,10 @@ def test_enroll_mark_report_on_lfw_photos(tmp_path):
     enrolled = _run("enroll", "--class", "7B", "--roster", str(roster), "--db", str(db))
     assert enrolled.returncode == 0, enrolled.stderr
     assert "3 students enrolled" in enrolled.stdout and "Empty_Student has no usable photo" in enrolled.stdout
+    with AttendanceDB(db) as check:  # each photo also embedded with its face shrunk to calibrate small faces
+        gallery = check.gallery("7B")
+        assert sorted(gallery.degraded) == [16.0, 24.0, 32.0, 48.0]
+        assert all(vectors.shape == gallery.vectors.shape for vectors in gallery.degraded.values())
 
     # a class photo: other photos of two enrolled students and one stranger
     photos = [lfw / "Colin_Powell" / "Colin_Powell_0010.jpg", lfw / "Jean_Chretien" / "Jean_Chretien_0010.jpg",
@@ -271,6 +275,7 @@ def test_enroll_mark_report_on_lfw_photos(tmp_path):
     result = json.loads((out / "attendance.json").read_text())
     assert sorted(result["present"]) == ["Colin_Powell", "Jean_Chretien"]
     assert result["absent"] == ["Gloria_Macapagal_Arroyo"] and result["unknown_faces"] >= 1
+    assert set(result["thresholds_by_face_px"]) == {"16", "24", "32", "48", "full"}
     assert {p.name for p in out.iterdir()} >= {"attendance.csv", "attendance.json", "report.html",
                                                 "annotated_class.jpg"}
     report = _run("report", "--class", "7B", "--db", str(db), "--out", str(tmp_path / "rep"))

@@ -12,8 +12,8 @@ import torch
 from PIL import ImageFile
 
 import evaluate
-from classroom.benchmark import (NOMINAL_FACE, Seat, compose, face_owners, photo_outcome, seat_layout, size_bin,
-                                 size_figures)
+from classroom.benchmark import (NOMINAL_FACE, Seat, compose, enroll_roster, face_owners, photo_outcome, seat_layout,
+                                 size_bin, size_figures)
 from classroom.service import attendance_config, default_attendance_config
 from common.boxes import box_iou
 from tests.conftest import shared_path
@@ -64,6 +64,35 @@ def test_outcome_counts_right_marks_wrong_marks_and_size_bins():
     bins = {row["face_px"]: (row["present"], row["found"], row["recall"]["k"]) for row in size_figures(counts)}
     assert bins == {"16-24": (1, 1, 1), "32-48": (1, 1, 0), ">=96": (1, 0, 0)}
     assert size_bin(15.9) == "0-16" and size_bin(96) == ">=96"
+
+
+class FakeEnrolment:
+    """The service's ``enroll`` as far as the roster needs it: a photo passes when its name is in ``good``."""
+
+    def __init__(self, good: set[str]):
+        self.good, self.rosters = good, []
+
+    def enroll(self, class_name, folder):
+        self.rosters.append({child.name: sorted(photo.name for photo in child.iterdir()) for child in folder.iterdir()})
+        enrolled = {child.name: sum(photo.name in self.good for photo in child.iterdir()) for child in folder.iterdir()}
+        return type("Result", (), {"enrolled": {name: count for name, count in enrolled.items() if count}})()
+
+
+def test_rejected_enrolment_photos_are_retaken_and_an_unusable_student_replaced(tmp_path):
+    people = {name: [tmp_path / f"{name}_{i}.jpg" for i in range(1, count + 1)]
+              for name, count in (("ann", 5), ("bob", 3), ("cat", 3), ("dan", 3))}
+    good = {"ann_3.jpg", "ann_4.jpg", "cat_2.jpg", "cat_3.jpg", "dan_1.jpg", "dan_2.jpg"}  # none of bob's
+    chosen = ["ann", "bob"]
+    class_photo = {"ann": people["ann"][4], "bob": people["bob"][0]}
+    service = FakeEnrolment(good)
+    replaced = enroll_roster(service, "c", tmp_path / "roster", chosen, class_photo, people,
+                             ["ann", "bob", "cat", "dan"], strangers=["cat"], wanted=2, rng=np.random.default_rng(0))
+    assert replaced == {"bob": "dan"} and chosen == ["ann", "dan"]  # cat is a stranger of this class
+    assert service.rosters[0] == {"ann": ["ann_1.jpg", "ann_2.jpg"], "bob": ["bob_2.jpg", "bob_3.jpg"]}
+    assert service.rosters[1]["ann"] == ["ann_1.jpg", "ann_2.jpg", "ann_3.jpg", "ann_4.jpg"]  # two retakes
+    assert "bob" not in service.rosters[1] and class_photo["dan"] in people["dan"]
+    dan = service.rosters[1]["dan"]
+    assert len(dan) == 2 and class_photo["dan"].name not in dan
 
 
 def test_the_classroom_benchmark_refuses_flags_of_other_benchmarks(capsys):

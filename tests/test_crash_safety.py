@@ -26,7 +26,7 @@ import train
 from common.checkpoint import load_checkpoint
 from common.cli import EXIT_USAGE, run_cli
 from common.engine import NonFiniteLossError, Trainer, make_loader
-from classroom.database import AttendanceDB, Mark
+from classroom.database import AttendanceDB, EnrolledPhoto, Mark
 from tests.blazeface_data import write_face_crops
 from tests.conftest import ROOT, shared_path
 
@@ -264,7 +264,7 @@ def test_kill_9_during_training_then_the_rerun_resumes(tmp_path, crops_csv):
 KILL_INSIDE_TRANSACTION = """
 import os, signal, sys
 import numpy as np
-from classroom.database import AttendanceDB, Mark
+from classroom.database import AttendanceDB, EnrolledPhoto, Mark
 path, operation, prefix, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 db = AttendanceDB(path)
 seen = []
@@ -275,8 +275,9 @@ def trace(statement):
             os.kill(os.getpid(), signal.SIGKILL)
 db.connection.set_trace_callback(trace)
 if operation == "enroll":
-    db.replace_students("7B", "model-x", {"ann": [("new1.jpg", np.zeros(4), None), ("new2.jpg", np.zeros(4), None)],
-                                          "cat": [("cat.jpg", np.ones(4), None)]})
+    db.replace_students("7B", "model-x", {"ann": [EnrolledPhoto("new1.jpg", np.zeros(4)),
+                                                  EnrolledPhoto("new2.jpg", np.zeros(4))],
+                                          "cat": [EnrolledPhoto("cat.jpg", np.ones(4))]})
 else:
     db.save_session("7B", "mon", "2026-11-23", 0.9, 0, ["p.jpg"],
                     [Mark("ann", True, 0.95, "p.jpg", [0, 0, 1, 1]), Mark("bob", True, 0.93, "p.jpg", None)])
@@ -300,8 +301,8 @@ def database_problems(path: Path) -> list[str]:
 def small_class(tmp_path) -> Path:
     path = tmp_path / "class.sqlite"
     with AttendanceDB(path) as db:
-        db.replace_students("7B", "model-x", {"ann": [("a.jpg", np.ones(4), None)],
-                                              "bob": [("b.jpg", -np.ones(4), None)]})
+        db.replace_students("7B", "model-x", {"ann": [EnrolledPhoto("a.jpg", np.ones(4))],
+                                              "bob": [EnrolledPhoto("b.jpg", -np.ones(4))]})
     return path
 
 
@@ -314,7 +315,7 @@ def test_kill_9_inside_an_enrolment_transaction_leaves_the_old_enrolment(small_c
     with AttendanceDB(small_class) as db:
         gallery = db.gallery("7B", "model-x")
         assert gallery.names == ["ann", "bob"] and gallery.photos == ["a.jpg", "b.jpg"]  # as before, not half new
-        db.replace_students("7B", "model-x", {"ann": [("new1.jpg", np.zeros(4), None)]})  # the run repeated
+        db.replace_students("7B", "model-x", {"ann": [EnrolledPhoto("new1.jpg", np.zeros(4))]})  # the run repeated
         assert db.gallery("7B").photos == ["b.jpg", "new1.jpg"]
     assert database_problems(small_class) == []
 

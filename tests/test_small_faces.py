@@ -8,10 +8,11 @@ import torch
 
 import pipeline.build as build
 from common.config import ConfigError
+from common.detections import face_widths
 from embedding.align import scaled_template
 from embedding.embedder import Alignment, Embedder
 from embedding.fusion import FusedEmbedder
-from embedding.routing import SizeRoutedEmbedder, face_widths
+from embedding.routing import SizeRoutedEmbedder
 from pipeline.build import route_small_faces
 
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from classroom.service import attendance_config, matching_settings  # noqa: E402
 from pipeline import pipeline_config  # noqa: E402
-from classroom.database import MIGRATIONS, SCHEMA, AttendanceDB, GalleryError, Mark  # noqa: E402
+from classroom.database import MIGRATIONS, SCHEMA, AttendanceDB, EnrolledPhoto, GalleryError, Mark  # noqa: E402
 from classroom.webapp import create_app  # noqa: E402
 from tests.conftest import ROOT, shared_path  # noqa: E402
 
@@ -49,7 +49,7 @@ def seed_class(tmp_path: Path, students: list[str]) -> None:
     """Class 1 with ``students`` and one session, "mon" on 2026-11-23: the first present, the others absent."""
     with AttendanceDB(tmp_path / "class.sqlite") as db:
         db.create_class("7B", EMBEDDER)
-        db.replace_students("7B", EMBEDDER, {name: [(f"{i}.jpg", np.eye(4)[i], None)] for i, name in
+        db.replace_students("7B", EMBEDDER, {name: [EnrolledPhoto(f"{i}.jpg", np.eye(4)[i])] for i, name in
                                              enumerate(students)})
         db.save_session("7B", "mon", "2026-11-23", 0.9, 1, ["room.jpg"],
                         [Mark(students[0], True, 0.95, "room.jpg", [0, 0, 9, 9])]
@@ -81,8 +81,8 @@ def test_names_are_escaped_on_every_page_and_in_csv(tmp_path):
     created = client.post("/classes", data={"name": SCRIPT_NAME}, follow_redirects=False)
     assert created.status_code == 303 and created.headers["location"] == "/classes/1"
     with AttendanceDB(tmp_path / "class.sqlite") as db:
-        db.replace_students(SCRIPT_NAME, EMBEDDER, {IMAGE_NAME: [("a.jpg", np.ones(4), None)],
-                                                    "=HYPERLINK(\"http://x\")": [("b.jpg", -np.ones(4), None)]})
+        db.replace_students(SCRIPT_NAME, EMBEDDER, {IMAGE_NAME: [EnrolledPhoto("a.jpg", np.ones(4))],
+                                                    "=HYPERLINK(\"http://x\")": [EnrolledPhoto("b.jpg", -np.ones(4))]})
         db.save_session(SCRIPT_NAME, "<b>mon</b>", "2026-11-23", 0.9, 0, ["p.jpg"],
                         [Mark(IMAGE_NAME, True, 0.95, "p.jpg", None),
                          Mark("=HYPERLINK(\"http://x\")", False, 0.1, None, None)])
@@ -169,11 +169,14 @@ def test_an_older_database_is_migrated_and_a_newer_one_refused(tmp_path):
     connection.execute("INSERT INTO sessions (class_id, key, date, created, threshold, unknown_faces, photos) "
                        "VALUES (1, 'mon', '2026-11-23', 0, 0.9, 0, '[]')")
     connection.execute("INSERT INTO marks (session_id, student_id, present, score) VALUES (1, 1, 1, 0.95)")
+    connection.execute("INSERT INTO embeddings (student_id, photo, vector) VALUES (1, 'a.jpg', ?)",
+                       (np.ones(4, np.float32).tobytes(),))
     connection.commit()
     connection.close()
     with AttendanceDB(path) as db:
-        assert db.connection.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 1
+        assert db.connection.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
         assert db.session_marks("7B")[0]["present"] is True
+        assert db.gallery("7B").degraded == {}  # enrolled before small-face copies: one threshold for every size
         db.correct_mark("7B", "mon", "ann", False)
         assert db.corrections("7B")[0]["previous"] is True and not db.session_marks("7B")[0]["present"]
         db.connection.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")

@@ -157,8 +157,10 @@ def write_manifest(out: Path, result: MarkResult) -> None:
             unknown.append({"file": name, "photo": item.photo,
                             "nearest": None if nearest is None else result.names[nearest],
                             "score": None if nearest is None else round(float(item.scores[face, nearest]), 3)})
-    (out / MANIFEST).write_text(json.dumps({"photos": photos, "unknown": unknown}, indent=2, ensure_ascii=False),
-                                encoding="utf-8")
+    advice = result.summary.get("small_faces")
+    (out / MANIFEST).write_text(json.dumps({"photos": photos, "unknown": unknown,
+                                            "advice": advice["message"] if advice else None},
+                                           indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def spreadsheet_safe(value):
