@@ -123,7 +123,7 @@ def test_unknown_small_faces_are_named_by_row_with_a_request_for_a_closer_photo(
 
 @pytest.mark.parametrize("item, message", [("matching.calibrate_face_px=16", "must be list"),
                                            ("matching.calibrate_face_px=[16, -2]", "must be a list of face widths"),
-                                           ("matching.reliable_face_px=[24]", "must be a width in px")])
+                                           ("matching.reliable_face_px=-3", "must be a width in px")])
 def test_small_face_settings_are_checked(item, message):
     with pytest.raises(ConfigError, match=message):
         attendance_config(None, [item])
