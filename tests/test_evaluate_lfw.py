@@ -284,3 +284,23 @@ def test_evaluate_lfw_with_small_probe_faces(tmp_path):
     assert [probe.stat().st_mtime_ns for probe in probes] == [
         probe.stat().st_mtime_ns for probe in sorted((tmp_path / "cache" / "probes" / "mtcnn-16px").rglob("*.jpg"))]
     assert evaluate.run_cli(evaluate.main, argv + ["--probe-face-px", "2"]) == 2
+
+
+def test_the_cross_resolution_table_and_curve_come_from_the_stored_reports(tmp_path, capsys):
+    from bench import cross_resolution
+    results = tmp_path / "cross_resolution"
+    results.mkdir()
+    for embedder, weights, folds, width, accuracy in (("sface", None, list(range(1, 11)), None, 0.995),
+                                                      ("sface", None, list(range(1, 11)), 16, 0.93),
+                                                      ("omz0095", "student.pth", [10], 16, 0.99)):
+        report = {"embedder": embedder, "weights": weights, "test_folds": folds, "probe_face_px": width,
+                  "accuracy_mean": accuracy, "accuracy_std": 0.004, "tar_at_far_1e-3": 0.9}
+        (results / cross_resolution.report_name(embedder + (" student" if weights else ""), width)).write_text(
+            json.dumps(report))
+    assert cross_resolution.main(["--results", str(results)]) == 0
+    table = capsys.readouterr().out
+    assert "| sface | 99.50 ± 0.40 / 0.900 |  |  |  | 93.00 ± 0.40 / 0.900 |" in table
+    assert "| omz0095 student, fold 10 |  |  |  |  | 99.00 ± 0.40 / 0.900 |" in table
+    assert (tmp_path / "cross_resolution.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        cross_resolution.main(["--results", str(results), "--student", "x.pth"])  # names a run: needs --run
