@@ -172,11 +172,14 @@ def face_owners(detected_boxes: np.ndarray, seat_boxes: np.ndarray) -> list[int 
 
 
 def photo_outcome(seats: list[Seat], seat_boxes: np.ndarray, detected_boxes: np.ndarray,
-                  marks: dict[str, int], absent: list[str], enrolled: set[str]) -> Counter:
+                  marks: dict[str, int], absent: list[str], enrolled: set[str], too_small: frozenset = frozenset()
+                  ) -> Counter:
     """Counts of one photo: ``marks`` maps each marked student to the detection they were marked on; ``enrolled``:
-    the students whose photos passed enrolment (the others cannot be marked)."""
+    the students whose photos passed enrolment (the others cannot be marked); ``too_small``: the detections the
+    report flags as too small to identify (a missed student there was told to the teacher)."""
     owners = face_owners(detected_boxes, seat_boxes)
     found = {owner for owner in owners if owner is not None}
+    flagged = {owner for face, owner in enumerate(owners) if face in too_small}
     counts = Counter()
     for index, seat in enumerate(seats):
         if not seat.enrolled:
@@ -185,6 +188,7 @@ def photo_outcome(seats: list[Seat], seat_boxes: np.ndarray, detected_boxes: np.
         face = marks.get(seat.person)
         right = face is not None and owners[face] == index
         counts.update({"present": 1, "present_marked": right, "present_not_enrolled": seat.person not in enrolled,
+                       "missed_flagged_too_small": not right and index in flagged,
                        f"present {size}": 1, f"marked {size}": right, f"found {size}": index in found})
     counts["absent"] = len(absent)
     counts["strangers"] = sum(1 for seat in seats if not seat.enrolled)
@@ -210,6 +214,8 @@ def size_figures(counts: Counter) -> list[dict]:
 def summary(counts: Counter, seconds: float, photos: int) -> dict:
     return {"recall": rate_figure(counts["present_marked"], counts["present"]),
             "present_not_enrolled": counts["present_not_enrolled"],  # none of their photos passed enrolment
+            # misses on a face the report flags as too small to identify: the teacher is asked for a closer photo
+            "missed_flagged_too_small": counts["missed_flagged_too_small"],
             "absent_marked": rate_figure(counts["absent_marked"], counts["absent"]),
             "strangers_marked": rate_figure(counts["strangers_marked"], counts["strangers"]),
             "wrong_marks": rate_figure(counts["wrong_marks"], counts["absent"] + counts["strangers"]),
@@ -316,7 +322,7 @@ def run_classroom_benchmark(cfg: dict, split: str | None = None, classes: int | 
     scale = [size[0] / sizes[0][0] for size in sizes]
     workdir = Path(tempfile.mkdtemp(prefix="classroom_benchmark_"))
     service = AttendanceService(cfg, db_path=workdir / "benchmark.sqlite", verbose=verbose)
-    replacements = 0
+    replacements, reliable_px = 0, cfg["matching"]["reliable_face_px"]
     ours = {size: Counter() for size in sizes}
     theirs = {size: Counter() for size in sizes}
     seconds = Counter()
@@ -354,8 +360,9 @@ def run_classroom_benchmark(cfg: dict, split: str | None = None, classes: int | 
                 gallery, _, [marks] = service.match_photos(f"class{index}", [(f"class{index}.jpg", shot)])
                 seconds[size] += time.perf_counter() - start
                 marked = {gallery.names[student]: face for face, student in marks.pairs}
+                too_small = frozenset(face for face in marks.unknown if marks.face_px[face] < reliable_px)
                 ours[size].update(photo_outcome(photo.seats, seat_boxes, marks.detections.boxes.numpy(), marked,
-                                                absent, set(gallery.names)))
+                                                absent, set(gallery.names), too_small))
                 if recipe:
                     start = time.perf_counter()
                     found, marked = recipe.mark(shot)
@@ -394,7 +401,8 @@ def print_report(report: dict) -> None:
     for size, methods in report["sizes"].items():
         for method, figures in methods.items():
             print(f"  {size} {method}: recall {_rate(figures['recall'])} ({figures['present_not_enrolled']} present "
-                  f"students not enrolled: no photo passed); absent marked "
+                  f"students not enrolled: no photo passed; {figures['missed_flagged_too_small']} missed on a face "
+                  "flagged too small); absent marked "
                   f"{_rate(figures['absent_marked'])}; strangers marked {_rate(figures['strangers_marked'])}; "
                   f"wrong marks {_rate(figures['wrong_marks'])}; {figures['seconds_per_photo']} s per photo")
             print("    by face width: " + "; ".join(

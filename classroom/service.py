@@ -32,7 +32,7 @@ ATTENDANCE_DEFAULTS = {
     "device": "cpu",
     "quality": dict(QUALITY_DEFAULTS),
     "matching": {"target_far": None, "floor": None, "tail": "normal", "min_margin": None,
-                 "calibrate_face_px": [16.0, 24.0, 32.0, 48.0], "reliable_face_px": 24.0},
+                 "calibrate_face_px": [16.0, 24.0, 32.0, 48.0], "reliable_face_px": 16.0},
     "demo": {"lfw_root": None, "folds": [], "classes": 20, "students": 30, "present": 25, "strangers": 5,
              "enroll_photos": 2,
              "canvas": [1920, 1080], "seed": 0},

@@ -58,8 +58,10 @@ def test_outcome_counts_right_marks_wrong_marks_and_size_bins():
     detected = np.array([[1, 1, 21, 21], [101, 0, 141, 40], [401, 0, 431, 30], [900, 900, 950, 950]], np.float32)
     assert face_owners(detected, boxes) == [0, 1, 3, None]
     # ann right; bob marked on the stranger; an absent student (dee) on a face of nobody; cid missed
-    counts = photo_outcome(seats, boxes, detected, {"ann": 0, "bob": 2, "dee": 3}, ["dee"], {"ann", "bob", "dee"})
+    counts = photo_outcome(seats, boxes, detected, {"ann": 0, "bob": 2, "dee": 3}, ["dee"], {"ann", "bob", "dee"},
+                           too_small=frozenset({0, 1}))
     assert counts["present"] == 3 and counts["present_marked"] == 1 and counts["present_not_enrolled"] == 1
+    assert counts["missed_flagged_too_small"] == 1  # bob's face was flagged; ann's too, but she was marked
     assert counts["absent_marked"] == 1 and counts["strangers_marked"] == 1 and counts["wrong_marks"] == 2
     bins = {row["face_px"]: (row["present"], row["found"], row["recall"]["k"]) for row in size_figures(counts)}
     assert bins == {"16-24": (1, 1, 1), "32-48": (1, 1, 0), ">=96": (1, 0, 0)}
