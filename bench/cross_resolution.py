@@ -33,9 +33,8 @@ def report_name(series: str, width: int | None) -> str:
 
 def run_missing(results: Path, student: str | None) -> None:
     """Run ``evaluate.py`` for every (series, width) without a report in ``results``."""
-    runs = [(embedder, None, embedder) for embedder in EMBEDDERS]
-    if student:
-        runs.append(("omz0095", student, STUDENT))
+    runs = [("omz0095", student, STUDENT)] if student else []
+    runs += [(embedder, None, embedder) for embedder in EMBEDDERS]
     for embedder, weights, series in runs:
         for width in WIDTHS:
             out = results / report_name(series, width)
