@@ -37,7 +37,7 @@ import torch
 from PIL import ImageFile
 from tqdm import tqdm
 
-from classroom.demo import find_lfw, people_with_photos
+from classroom.demo import enroll_round, find_lfw, people_with_photos
 from classroom.service import AttendanceService
 from common.boxes import box_iou
 from common.config import ConfigError
@@ -282,16 +282,8 @@ def enroll_roster(service: AttendanceService, class_name: str, roster: Path, cho
         pending = [name for name in chosen if accepted[name] < wanted and shown[name] < len(people[name]) - 1]
         if not pending:
             return replaced
-        folder = roster / str(attempt)
-        for name in pending:
-            others = [photo for photo in people[name] if photo != class_photo[name]]
-            shown[name] = min(len(others), shown[name] + wanted - accepted[name])
-            (folder / name).mkdir(parents=True)
-            for photo in others[:shown[name]]:
-                (folder / name / photo.name).symlink_to(photo)
-        result = service.enroll(class_name, folder)
-        for name in pending:
-            accepted[name] = result.enrolled.get(name, 0)
+        enroll_round(service, class_name, roster / str(attempt), pending, people, class_photo, shown, accepted,
+                     wanted)
 
 
 def central_face_box(service: AttendanceService, path: Path) -> np.ndarray:

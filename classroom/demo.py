@@ -129,16 +129,24 @@ def enroll_class(service, class_name: str, candidates, people: dict[str, list[Pa
         pending = [name for name in members if accepted[name] < wanted and photos_left(name)]
         if not pending:
             return {name: class_photo[name] for name in members}, set(class_photo)
-        folder = roster / str(attempt)
-        for name in pending:
-            others = [photo for photo in people[name] if photo != class_photo[name]]
-            shown[name] = min(len(others), shown[name] + wanted - accepted[name])
-            (folder / name).mkdir(parents=True)
-            for photo in others[:shown[name]]:
-                (folder / name / photo.name).symlink_to(photo)
-        result = service.enroll(class_name, folder)
-        for name in pending:
-            accepted[name] = result.enrolled.get(name, 0)
+        enroll_round(service, class_name, roster / str(attempt), pending, people, class_photo, shown, accepted,
+                     wanted)
+
+
+def enroll_round(service, class_name: str, folder: Path, pending: list[str], people: dict[str, list[Path]],
+                 class_photo: dict[str, Path], shown: dict[str, int], accepted: dict[str, int], wanted: int) -> None:
+    """One enrolment round of a roster: each ``pending`` person shows as many more of their photos (never the class
+    photo) as they lack accepted ones, and is enrolled from every photo shown so far; ``shown`` and ``accepted``
+    (photos passed) are updated."""
+    for name in pending:
+        others = [photo for photo in people[name] if photo != class_photo[name]]
+        shown[name] = min(len(others), shown[name] + wanted - accepted[name])
+        (folder / name).mkdir(parents=True)
+        for photo in others[:shown[name]]:
+            (folder / name / photo.name).symlink_to(photo)
+    result = service.enroll(class_name, folder)
+    for name in pending:
+        accepted[name] = result.enrolled.get(name, 0)
 
 
 def _owner(detection_box, regions: list[list[float]]) -> int | None:
