@@ -127,3 +127,22 @@ def test_classroom_benchmark_end_to_end(tmp_path):
     theirs = report["sizes"]["1280x720"]["face_recognition"]
     assert theirs["recall"]["n"] == 5 and theirs["recall"]["k"] >= 3  # HOG finds faces of 54-99 px
     assert (tmp_path / "classroom.png").stat().st_size > 0
+
+
+def test_the_readme_quotes_the_stored_report_split_which_meets_the_goals():
+    """The README's classroom row is the committed report (re-measuring takes 13 min: not in CI), and that report
+    meets the issue's goals: >= 99 % at 4K, >= 90 % at 1080p with >= 98 % per face-width bin from 24 px, false marks
+    within 0.5 % / 1 %, and more marks than face_recognition's recipe with no more wrong marks."""
+    from tests.conftest import ROOT
+    report = json.loads((ROOT / "bench" / "accuracy" / "classroom" / "report10.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert report["split"] == "report" and report["people"] == "LFW folds [10]"
+    large, small = report["sizes"]["3840x2160"], report["sizes"]["1920x1080"]
+    for sizes in (large, small):
+        ours, theirs = sizes["ours"], sizes["face_recognition"]
+        assert f"({ours['recall']['k']}/{ours['recall']['n']}, " in readme
+        assert ours["recall"]["k"] > theirs["recall"]["k"] and ours["wrong_marks"]["k"] <= theirs["wrong_marks"]["k"]
+    assert large["ours"]["recall"]["rate"] >= 0.99 and large["ours"]["wrong_marks"]["rate"] <= 0.005
+    assert small["ours"]["recall"]["rate"] >= 0.90 and small["ours"]["wrong_marks"]["rate"] <= 0.01
+    assert all(row["recall"]["rate"] >= 0.98 for row in small["ours"]["by_face_px"]
+               if int(row["face_px"].split("-")[0].lstrip(">=")) >= 24)
