@@ -2,6 +2,9 @@
 (a best-of-k score over k photos), stored small-face embeddings, and the advice to photograph the back rows again."""
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +131,46 @@ def test_small_face_settings_are_checked(item, message):
     with pytest.raises(ConfigError, match=message):
         attendance_config(None, [item])
     assert attendance_config(None, ["matching.calibrate_face_px=[]"])["matching"]["calibrate_face_px"] == []
+
+
+class StubPipeline:
+    """A class photo's faces as given: a large face of student 0, two 12-px faces nobody can be sure of."""
+
+    embedder = SimpleNamespace(cache_key="stub", name="stub")
+
+    def process(self, image):
+        eyes = {0: (100.0, 200.0), 1: (400.0, 405.7), 2: (600.0, 605.7)}  # eye distances 100, 5.7, 5.7 px
+        landmarks = torch.tensor([[[left, 60.0], [right, 60.0], [0, 0], [0, 0], [0, 0]]
+                                  for left, right in eyes.values()])
+        landmarks[:, 2:, :] = landmarks[:, :1, :] + torch.tensor([10.0, 10.0])
+        boxes = torch.tensor([[90.0, 40.0, 210.0, 160.0], [398.0, 55.0, 410.0, 67.0], [598.0, 54.0, 610.0, 66.0]])
+        detections = Detections(boxes, torch.ones(3), landmarks)
+        embeddings = torch.tensor(unit([[1.0, 0.0, 0.0, 0.0], [0.1, 0.1, 0.2, 0.97], [0.2, 0.1, 0.1, 0.97]]),
+                                  dtype=torch.float32)
+        return SimpleNamespace(detections=detections, embeddings=embeddings, chips=np.zeros((3, 8, 8, 3), np.uint8))
+
+
+def test_marking_writes_thresholds_by_size_and_asks_for_a_closer_photo_of_the_back_row(tmp_path):
+    from classroom.service import AttendanceService
+    from classroom.webapp.app import MANIFEST, write_manifest
+    cfg = attendance_config(None, ["matching.target_far=0.001", "matching.floor=0.5", "matching.min_margin=0.0"])
+    service = AttendanceService(cfg, tmp_path / "a.sqlite", pipelines={"enroll": StubPipeline(),
+                                                                       "mark": StubPipeline()})
+    rng = np.random.default_rng(0)
+    students = {}
+    for index, name in enumerate(["ann", "bob", "cat"]):
+        vectors = unit(np.eye(4)[index] + 0.05 * rng.normal(size=(2, 4)))
+        students[name] = [EnrolledPhoto(f"{name}{k}.jpg", vectors[k], None, {16.0: vectors[k], 48.0: vectors[k]})
+                          for k in range(2)]
+    service.db.replace_students("7B", "stub", students)
+    result = service.mark_images("7B", [("room.jpg", np.zeros((720, 1280, 3), np.uint8))], "mon", "2026-11-23",
+                                 tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "attendance.json").read_text())
+    assert summary["present"] == ["ann"] and set(summary["thresholds_by_face_px"]) == {"16", "48", "full"}
+    advice = summary["small_faces"]
+    assert advice["rows"] == [{"photo": "room.jpg", "faces": 2, "top_px": 54, "bottom_px": 67,
+                               "from_top": [0.07, 0.09], "face_px": 12.0}]
+    assert "take a closer photo" in (tmp_path / "out" / "report.html").read_text()
+    write_manifest(tmp_path / "out", result)
+    assert "take a closer photo" in json.loads((tmp_path / "out" / MANIFEST).read_text())["advice"]
+    service.close()
