@@ -33,9 +33,10 @@ def report_name(series: str, width: int | None) -> str:
 
 def run_missing(results: Path, student: str | None) -> None:
     """Run ``evaluate.py`` for every (series, width) without a report in ``results``."""
-    runs = [("omz0095", student, STUDENT, width) for width in WIDTHS] if student else []
-    # the widths a class photo's back rows have first, so that a stopped run leaves the telling part of the curve
-    runs += [(embedder, None, embedder, width) for width in (24, 16, None, 32, 48) for embedder in EMBEDDERS]
+    # the widths of a class photo's back rows first, so that a stopped run leaves the telling part of the curve
+    order = (24, 16, None, 32, 48)
+    runs = [("omz0095", student, STUDENT, width) for width in order] if student else []
+    runs += [(embedder, None, embedder, width) for width in order for embedder in EMBEDDERS]
     for embedder, weights, series, width in runs:
         out = results / report_name(series, width)
         if out.is_file():
