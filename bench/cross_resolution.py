@@ -71,8 +71,8 @@ def markdown(table: dict[str, dict[int | None, dict]]) -> str:
             if report is None:
                 cells.append("")
                 continue
-            mean, std = 100 * report["accuracy_mean"], 100 * report["accuracy_std"]
-            cells.append(f"{mean:.2f} ± {std:.2f} / {report['tar_at_far_1e-3']:.3f}")
+            spread = f" ± {100 * report['accuracy_std']:.2f}" if len(report["test_folds"]) > 1 else ""  # one fold: none
+            cells.append(f"{100 * report['accuracy_mean']:.2f}{spread} / {report['tar_at_far_1e-3']:.3f}")
         lines.append(f"| {series} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
