@@ -6,6 +6,7 @@
     python evaluate.py --benchmark lfw --embedder dlib_resnet --detector mtcnn --out runs/lfw.json
     python evaluate.py --benchmark lfw --embedder sface --probe-face-px 24     # one photo of each pair: a 24-px face
     python evaluate.py --benchmark pairs --pairs my_pairs.csv --images photos/ --embedder facenet
+    python evaluate.py --benchmark detection --detector fusion --data groups --split tune  # per face size
     python evaluate.py --benchmark wider --predictions runs/wider_val [--images WIDER_val/images --detector retinaface]
 
 lfw/pairs: 10-fold protocol (fit the threshold or classifier on 9 folds, test on the 10th); the JSON holds
@@ -19,7 +20,7 @@ import sys
 
 from classroom.benchmark import run_classroom_benchmark
 from classroom.service import attendance_config, default_attendance_config
-from common.cli import run_cli
+from common.cli import MIN_FACE_PX_HELP, min_face_px_arg, run_cli
 from pipeline.benchmarks import AP_SCORE_THRESHOLD, run_detection_benchmark, run_wider_benchmark
 from pipeline.build import list_detectors
 from pipeline.verification import csv_pairs, lfw_pairs, run_verification_benchmark
@@ -29,7 +30,7 @@ DEFAULT_DETECTOR = {"detection": "blazeface", "lfw": "mtcnn", "pairs": "mtcnn", 
 DETECTION = ("detection", "wider")
 # Every flag that only some benchmarks use → those benchmarks; given to another benchmark it is refused.
 FLAG_BENCHMARKS = {
-    "config": (*DETECTION, "classroom"), "tile_zooms": DETECTION, "score_threshold": DETECTION, "iou": DETECTION,
+    "config": (*DETECTION, "classroom"), "min_face_px": DETECTION, "score_threshold": DETECTION, "iou": DETECTION,
     "data": ("detection",), "data_root": ("detection",), "format": ("detection",),
     "embedder": ("lfw", "pairs"), "verifier": ("lfw", "pairs"), "classifier": ("lfw", "pairs"),
     "metric": ("lfw", "pairs"), "jitter": ("lfw", "pairs"), "flip": ("lfw", "pairs"), "align": ("lfw", "pairs"),
@@ -37,10 +38,10 @@ FLAG_BENCHMARKS = {
     "probe_face_px": ("lfw", "pairs"),
     "lfw_root": ("lfw",), "pairs": ("pairs",), "images": ("pairs", "wider"),
     "predictions": ("wider",), "wider_gt": ("wider",),
-    "classes": ("classroom",), "split": ("classroom",), "reference": ("classroom",),
+    "classes": ("classroom",), "split": ("classroom", "detection"), "reference": ("classroom",),
 }
 # --benchmark wider: the flags of the detector that writes the predictions, used only with --images
-WIDER_DETECTING_FLAGS = ("detector", "config", "weights", "tile_zooms", "score_threshold", "device")
+WIDER_DETECTING_FLAGS = ("detector", "config", "weights", "min_face_px", "score_threshold", "device")
 
 
 def parse_args(argv):
@@ -53,14 +54,13 @@ def parse_args(argv):
     parser.add_argument("--weights", help="weights to evaluate: the detector's (detection; default: model.weights "
                                           "of the config) or the embedder's (lfw/pairs)")
     parser.add_argument("--data",
-                        help="annotations: dlib xml, seed CSV, WIDER txt, label.txt, COCO json, or a CompreFace "
-                             "annotations.json with nose points")
+                        help="annotations: dlib xml, seed CSV, WIDER txt, label.txt, COCO json, a CompreFace "
+                             "annotations.json with nose points, or 'groups': generated group photos of 20-60 faces "
+                             "16-120 px wide (configs/benchmark_groups.yaml), scored per face size")
     parser.add_argument("--data-root", help="folder that relative image paths start from")
     parser.add_argument("--format", default=None, choices=["csv", "wider", "retinaface", "coco", "dlib"])
     parser.add_argument("--device", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--tile-zooms", type=int, nargs="+", metavar="Z",
-                        help="also run on overlapping tiles of 1/Z of the photo, for small faces "
-                             "(default: inference.tile_zooms of the config, 1 2 4; 1 alone is fastest)")
+    parser.add_argument("--min-face-px", type=min_face_px_arg, metavar="PX", help=MIN_FACE_PX_HELP)
     parser.add_argument("--score-threshold", type=float,
                         help="detection/wider: keep detections scoring at least this for AP (default: 0.05)")
     parser.add_argument("--iou", type=float, help="detection/wider: IoU a detection needs to count as a hit "
@@ -104,7 +104,8 @@ def parse_args(argv):
                                           "attendance config's benchmark section)")
     classroom.add_argument("--classes", type=int, help="classes to generate (default: benchmark.classes)")
     classroom.add_argument("--split", choices=["tune", "report"],
-                           help="report: people of LFW fold 10 (default); tune: folds 1-9, other seeds")
+                           help="classroom and detection --data groups: report: people of LFW fold 10 (default); "
+                                "tune: folds 1-9, other seeds")
     classroom.add_argument("--reference", choices=["face_recognition"],
                            help="also score face_recognition's recipe on the same photos")
     args = parser.parse_args(argv)
@@ -151,12 +152,13 @@ def main(argv=None) -> int:
             folds=args.folds, limit=args.limit, probe_face_px=args.probe_face_px, cache_dir=args.cache_dir,
             **shared)
         return 0
-    detection = {"config": args.config, "tile_zooms": args.tile_zooms, "iou": 0.5 if args.iou is None else args.iou,
+    detection = {"config": args.config, "min_face_px": args.min_face_px, "iou": 0.5 if args.iou is None else args.iou,
                  "score_threshold": AP_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold}
     if args.benchmark == "wider":
         run_wider_benchmark(args.predictions, args.images, args.wider_gt, **detection, **shared)
         return 0
-    run_detection_benchmark(args.data, data_root=args.data_root, fmt=args.format, **detection, **shared)
+    run_detection_benchmark(args.data, data_root=args.data_root, fmt=args.format, split=args.split, **detection,
+                            **shared)
     return 0
 
 

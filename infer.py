@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.errors import InputError
-from common.cli import run_cli
+from common.cli import MIN_FACE_PX_HELP, min_face_px_arg, run_cli
 from common.export import DEFAULT_CACHE, use_onnxruntime
 from common.io import ImageReadError, list_images, read_image
 from pipeline import default_config_path, detection_config, detector_from_config, list_detectors
@@ -43,9 +43,7 @@ def parse_args(argv):
                         help="what runs the networks; pre- and post-processing are the same either way")
     parser.add_argument("--onnx-dir", help="onnxruntime: folder of exported networks (python -m pipeline.export); "
                                            "a network missing there is exported into it (default: runs/onnx_cache)")
-    parser.add_argument("--tile-zooms", type=int, nargs="+", metavar="Z",
-                        help="also run on overlapping tiles of 1/Z of the photo, for small faces "
-                             "(default: inference.tile_zooms of the config, 1 2 4; 1 alone is fastest)")
+    parser.add_argument("--min-face-px", type=min_face_px_arg, metavar="PX", help=MIN_FACE_PX_HELP)
     parser.add_argument("--max-frames", type=int, default=None, help="stop a video/webcam after this many frames")
     return parser.parse_args(argv)
 
@@ -105,8 +103,8 @@ def images(source: Path):
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = detection_config(args.detector, args.config or default_config_path(args.detector),
-                           {"model.weights": args.weights, "inference.tile_zooms": args.tile_zooms,
-                            "inference.score_threshold": args.score_threshold})
+                           {"model.weights": args.weights, "inference.score_threshold": args.score_threshold},
+                           [f"inference.min_face_px={args.min_face_px}"] if args.min_face_px else [])
     detector = detector_from_config(cfg, args.device)
     if args.backend == "onnxruntime":
         use_onnxruntime(detector, args.onnx_dir or DEFAULT_CACHE, args.device)

@@ -79,7 +79,7 @@ def main() -> None:
     calibration_found, _ = run_detectors(calibration_items, loose=True)
     calibrators = {}
     for name in DETECTORS:
-        scores, hits = labelled_scores(calibration_found[name], calibration_items)
+        scores, hits, *_ = labelled_scores(calibration_found[name], calibration_items)
         calibrators[name] = ScoreCalibrator("logistic").fit(scores, hits)
 
     results = {}

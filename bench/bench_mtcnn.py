@@ -77,7 +77,7 @@ def main(argv=None) -> Dict[str, object]:
     torch.set_num_threads(args.threads)
     reference = MTCNN(keep_all=True, device="cpu", min_face_size=MIN_FACE, thresholds=list(THRESHOLDS),
                       factor=FACTOR, post_process=False, select_largest=False)
-    ours = mtcnn_detector(min_face=MIN_FACE, thresholds=THRESHOLDS, factor=FACTOR, batch_size=args.batch)
+    ours = mtcnn_detector(min_face_px=MIN_FACE, thresholds=THRESHOLDS, factor=FACTOR, batch_size=args.batch)
 
     results: Dict[str, object] = {"threads": args.threads, "repeats": args.repeats, "malloc_tuned": malloc_tuned,
                                   "torch": torch.__version__}

@@ -37,8 +37,7 @@ VARIANTS = {
     "mtcnn": ("mtcnn", {}),
     "retinaface": ("retinaface", {}),
     "retinaface_long320": ("retinaface", {"inference.long_side": 320}),
-    "retinaface_scales_1_2": ("retinaface", {"inference.scales": [1.0, 2.0]}),
-    "retinaface_tiles_1_2": ("retinaface", {"inference.tile_zooms": [1, 2]}),
+    "retinaface_min_face_20": ("retinaface", {"inference.min_face_px": 20}),
 }
 BACKEND_PHOTO = SHARED / "data/faces_in_photos/compreface/016_8.jpg"
 BACKEND_SIZE = (640, 480)  # width, height

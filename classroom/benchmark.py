@@ -40,6 +40,8 @@ from tqdm import tqdm
 from classroom.demo import enroll_round, find_lfw, people_with_photos
 from classroom.service import AttendanceService
 from common.boxes import box_iou
+from common.composite import NOMINAL_FACE, paste_portraits, phone_effects, seat_layout, size_bin_labels, wall
+from common.composite import size_bin as composite_size_bin
 from common.config import ConfigError
 from common.io import at_size
 from common.lfw import REPORT_FOLD
@@ -48,8 +50,6 @@ from common.stats import rate_figure
 REPORT_SEED = 1000  # report classes use seeds REPORT_SEED + seed + i; tune classes seed + i
 SPLIT_FOLDS = {"tune": [fold for fold in range(1, 11) if fold != REPORT_FOLD], "report": [REPORT_FOLD]}
 SIZE_BINS = (0, 16, 24, 32, 48, 64, 96)  # face width bins (px): <16, 16-24, ..., >=96
-HEAD_CROP = (25, 15, 225, 250)  # x1, y1, x2, y2 of a 250-px LFW photo pasted: head and shoulders
-NOMINAL_FACE = (80.0, 65.0, 172.0, 187.0)  # the face box of an LFW photo without a detected face (median MTCNN)
 SEAT_SPACING = 3.6   # seat centres apart, in face widths of the row (people ~0.6 m apart, faces ~0.16 m wide)
 ROW_SPREAD = 1.8     # vertical distance between rows, relative to the least that keeps faces uncovered
 OWNER_IOU = 0.3      # a detection is the face of the seat whose face box it overlaps this much
@@ -70,51 +70,7 @@ class ClassPhoto:
 
 
 def size_bin(width: float) -> str:
-    edges = SIZE_BINS
-    for low, high in zip(edges, edges[1:]):
-        if width < high:
-            return f"{low}-{high}"
-    return f">={edges[-1]}"
-
-
-def wall(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """(H, W, 3) uint8 RGB: a painted wall, lit from above, with a faint low-frequency texture."""
-    colour = rng.uniform(120, 200, 3)
-    ramp = np.linspace(1.1, 0.85, height)[:, None, None]  # (H, 1, 1)
-    texture = cv2.resize(rng.normal(0, 6, (height // 64 + 2, width // 64 + 2)).astype(np.float32), (width, height),
-                         interpolation=cv2.INTER_CUBIC)[..., None]  # (H, W, 1)
-    return np.clip(colour * ramp + texture, 0, 255).astype(np.uint8)
-
-
-def feathered_mask(height: int, width: int) -> np.ndarray:
-    """(H, W, 1) float32 in [0, 1]: an ellipse filling the crop, its edge blurred over a tenth of its width."""
-    mask = np.zeros((height, width), np.float32)
-    cv2.ellipse(mask, (width // 2, height // 2), (int(width * 0.46), int(height * 0.52)), 0, 0, 360, 1.0, -1)
-    sigma = max(1.0, width / 10)
-    return cv2.GaussianBlur(mask, (0, 0), sigma)[..., None]
-
-
-def seat_layout(row_face_px, seats_per_row: int, width: int, height: int, rng: np.random.Generator
-                ) -> list[tuple[float, float, float]]:
-    """(face centre x, face centre y, face width) of every seat, back row first: narrower, higher rows at the back;
-    each row low enough that its heads cover only the shoulders of the row behind."""
-    face_half_height = (NOMINAL_FACE[3] - NOMINAL_FACE[1]) / 2 / (NOMINAL_FACE[2] - NOMINAL_FACE[0])  # in widths
-    above_face = (NOMINAL_FACE[1] - HEAD_CROP[1]) / (NOMINAL_FACE[2] - NOMINAL_FACE[0])
-    centres_y = [0.0]
-    for back, front in zip(row_face_px, row_face_px[1:]):
-        centres_y.append(centres_y[-1] + ROW_SPREAD * (face_half_height * (back + front) + above_face * front))
-    top = 0.3 * height
-    if top + centres_y[-1] + 2.5 * row_face_px[-1] > height:
-        raise ConfigError(f"benchmark.row_face_px {list(row_face_px)}: the rows do not fit a {width}x{height} photo")
-    seats = []
-    for row, face_px in enumerate(row_face_px):
-        spacing = SEAT_SPACING * face_px
-        start = width / 2 - spacing * (seats_per_row - 1) / 2 + rng.uniform(-0.3, 0.3) * spacing
-        for seat in range(seats_per_row):
-            x = start + seat * spacing + rng.uniform(-0.15, 0.15) * spacing
-            y = top + centres_y[row] + rng.uniform(-0.1, 0.1) * face_px
-            seats.append((x, y, face_px * rng.uniform(0.9, 1.1)))
-    return seats
+    return composite_size_bin(width, SIZE_BINS)
 
 
 def compose(photos: list[tuple[str, bool, Path]], face_boxes: list[np.ndarray], settings: dict,
@@ -122,43 +78,14 @@ def compose(photos: list[tuple[str, bool, Path]], face_boxes: list[np.ndarray], 
     """The class photo of ``photos`` ((person, enrolled, LFW photo), seated in that order, back row first) whose
     faces are at ``face_boxes`` (xyxy in the 250-px photo), before the phone's effects."""
     width, height = settings["photo_sizes"][0]
-    layout = seat_layout(settings["row_face_px"], settings["seats_per_row"], width, height, rng)
+    layout = seat_layout(settings["row_face_px"], settings["seats_per_row"], width, height, rng, SEAT_SPACING,
+                         ROW_SPREAD)
     if len(photos) > len(layout):
         raise ConfigError(f"{len(photos)} people do not fit {len(layout)} seats")
     canvas = wall(width, height, rng).astype(np.float32)
-    seats = []
-    x1, y1, x2, y2 = HEAD_CROP
-    for (person, enrolled, path), face, (cx, cy, face_px) in zip(photos, face_boxes, layout):
-        crop = cv2.imread(str(path))[y1:y2, x1:x2, ::-1]
-        scale = face_px / (face[2] - face[0])
-        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
-                          interpolation=cv2.INTER_AREA).astype(np.float32)
-        face_centre = ((face[0] + face[2]) / 2 - x1) * scale, ((face[1] + face[3]) / 2 - y1) * scale
-        left, top = round(cx - face_centre[0]), round(cy - face_centre[1])
-        # the part of the crop inside the canvas
-        cl, ct = max(0, -left), max(0, -top)
-        cr, cb = min(crop.shape[1], width - left), min(crop.shape[0], height - top)
-        if cr <= cl or cb <= ct:
-            continue
-        alpha = feathered_mask(*crop.shape[:2])[ct:cb, cl:cr]
-        region = canvas[top + ct:top + cb, left + cl:left + cr]
-        region[:] = alpha * crop[ct:cb, cl:cr] + (1 - alpha) * region
-        box = np.array([(face[0] - x1) * scale + left, (face[1] - y1) * scale + top,
-                        (face[2] - x1) * scale + left, (face[3] - y1) * scale + top], np.float32)
-        seats.append(Seat(person, enrolled, box))
+    placed = paste_portraits(canvas, [path for _, _, path in photos], face_boxes, layout)
+    seats = [Seat(photos[index][0], photos[index][1], box) for index, box in placed]
     return ClassPhoto(np.clip(canvas, 0, 255).astype(np.uint8), seats)
-
-
-def phone_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(H, W, 3) uint8: uneven light (a sideways brightness ramp, gamma, a colour cast), slight blur, sensor
-    noise; the JPEG comes when the photo is saved at each size."""
-    height, width = image.shape[:2]
-    ramp = np.linspace(*rng.uniform(0.75, 1.15, 2), width, dtype=np.float32)[None, :, None]  # (1, W, 1)
-    cast = rng.uniform(0.94, 1.06, 3).astype(np.float32)
-    lit = 255.0 * (image.astype(np.float32) / 255.0) ** rng.uniform(0.8, 1.25) * ramp * cast
-    blurred = cv2.GaussianBlur(lit, (0, 0), rng.uniform(0.5, 1.0) * width / 3840)
-    noisy = blurred + rng.normal(0, 2.0, blurred.shape).astype(np.float32)
-    return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
 def face_owners(detected_boxes: np.ndarray, seat_boxes: np.ndarray) -> list[int | None]:
@@ -406,7 +333,7 @@ def plot_recall_by_size(report: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    labels = [f"{low}-{high}" for low, high in zip(SIZE_BINS, SIZE_BINS[1:])] + [f">={SIZE_BINS[-1]}"]
+    labels = size_bin_labels(SIZE_BINS)
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for size, methods in report["sizes"].items():
         for method, figures in methods.items():

@@ -35,3 +35,13 @@ def error_message(error: BaseException) -> str:
         if exception_lines:
             message = message[exception_lines[-1].end():].strip()
     return message
+
+
+def min_face_px_arg(text: str) -> str:
+    """argparse type of ``--min-face-px``: a number of pixels, or ``none`` (look at the whole photo once); returned
+    as the YAML value of an ``inference.min_face_px=...`` override (the detector checks the value)."""
+    return "null" if text.lower() in ("none", "null") else str(float(text))
+
+
+MIN_FACE_PX_HELP = ("smallest face to find (px): detectors that tile plan their passes from it, MTCNN seeks it "
+                    "with its pyramid; 'none': the whole photo once (default: inference.min_face_px of the config)")

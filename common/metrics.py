@@ -128,3 +128,23 @@ def plot_precision_recall(curves: dict[str, PrecisionRecall], path, title: str =
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_recall_by_size(rows_by_name: dict[str, list[dict]], path, title: str = "recall by face size") -> None:
+    """One PNG of recall against face width: a line per name, from rows ``{"face_px": bin label, "recall"}``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+    labels = [row["face_px"] for row in next(iter(rows_by_name.values()))]
+    for name, rows in rows_by_name.items():
+        ax.plot([labels.index(row["face_px"]) for row in rows], [row["recall"] for row in rows], marker="o",
+                label=name)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set(xlabel="face width (px)", ylabel="recall", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

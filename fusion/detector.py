@@ -1,7 +1,7 @@
-"""Several photo detectors as one: run each on a photo, calibrate their scores, and merge their faces
-(``FusionDetector``); and any photo detector also run on overlapping zoomed tiles of the photo, the tiles' faces
-merged by the same fusion (``TiledDetector``). It fuses any objects with ``detect(images)``; which detectors, with
-which configs, is the composition root's business (``pipeline.build.fusion_from_config``).
+"""Several photo detectors as one: run each on a photo, calibrate their scores by face size, and merge their
+faces, each detector abstaining at face sizes it cannot find (``FusionDetector``). It fuses any objects with
+``detect(images)``; which detectors, with which configs, is the composition root's business
+(``pipeline.build.fusion_from_config``).
 """
 from __future__ import annotations
 
@@ -12,21 +12,24 @@ import numpy as np
 
 from common.config import ConfigError
 from common.detections import Detections
-from common.tiling import detect_on_tiles
 from fusion.merge import FusionSettings, fuse
 
 
 class FusionDetector:
     """``detect(images)`` → one fused ``Detections`` per photo. ``detectors`` maps names to photo detectors;
-    ``calibrators`` (optional, per name) map raw scores to calibrated ones before fusion."""
+    ``calibrators`` (optional, per name, ``fusion.calibration.ScoreCalibrator``) map raw scores to calibrated
+    ones before fusion and say at which face widths a detector is competent: where its recall on the fitting
+    photos reaches ``competent_recall`` (a detector elsewhere neither adds to nor subtracts from a face's score)."""
 
     def __init__(self, detectors: dict, settings: FusionSettings, calibrators: dict | None = None,
-                 score_threshold: float = 0.0):
+                 score_threshold: float = 0.0, competent_recall: float = 0.5):
         if not detectors:
             raise ConfigError("fusion needs at least one detector")
+        if not 0 <= competent_recall <= 1:
+            raise ConfigError(f"competent_recall must lie in [0, 1], got {competent_recall}")
         self.detectors, self.settings = detectors, settings
         self.calibrators = calibrators or {}
-        self.score_threshold = score_threshold
+        self.score_threshold, self.competent_recall = score_threshold, competent_recall
         self.timings: dict[str, float] = {name: 0.0 for name in detectors}
 
     def detect_each(self, images: Sequence[np.ndarray]) -> dict[str, list[Detections]]:
@@ -38,35 +41,23 @@ class FusionDetector:
             self.timings[name] += time.perf_counter() - start
             calibrate = self.calibrators.get(name)
             if calibrate is not None:
-                results = [Detections(d.boxes, calibrate(d.scores), d.landmarks) for d in results]
+                results = [Detections(d.boxes, calibrate(d.scores, d.boxes[:, 2] - d.boxes[:, 0]), d.landmarks)
+                           for d in results]
             found[name] = results
         return found
 
     def merge(self, per_detector: dict[str, list[Detections]]) -> list[Detections]:
         names = list(self.detectors)
+        competent = [(lambda widths, c=self.calibrators[name]: c.competent(widths, self.competent_recall))
+                     if name in self.calibrators else None for name in names]
         merged = []
         for index in range(len(per_detector[names[0]])):
-            fused, _ = fuse([per_detector[name][index] for name in names], self.settings)
+            fused, _ = fuse([per_detector[name][index] for name in names], self.settings, competent)
             merged.append(fused[fused.scores >= self.score_threshold])
         return merged
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         images = list(images)
         return self.merge(self.detect_each(images)) if images else []
-
-    __call__ = detect
-
-
-class TiledDetector:
-    """Any photo detector also run on overlapping tiles (zoom z: tiles of 1/z of the photo's longer side); faces cut
-    by a tile's inner edge are dropped and the rest merged with ``settings`` (each tile is one source)."""
-
-    def __init__(self, detector, zooms: Sequence[int], settings: FusionSettings, overlap: float = 0.25):
-        self.detector, self.zooms, self.overlap = detector, tuple(zooms), overlap
-        self.settings = FusionSettings(**{**settings.__dict__, "weights": None, "min_votes": 1})
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        return [detect_on_tiles(image, self.zooms, self.overlap, lambda crops, _: self.detector.detect(crops),
-                                lambda parts: fuse(parts, self.settings)[0]) for image in images]
 
     __call__ = detect

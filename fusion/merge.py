@@ -8,12 +8,16 @@ Every method takes a list of ``Detections`` (one per source: a detector, or a ti
   Gaussian;
 - ``wbf``: weighted box fusion (Solovyev et al. 2019): cluster boxes by IoU with the running fused box, average
   each cluster's boxes and landmarks weighted by source weight × score, and score it by the weighted mean of
-  each source's best score over *all* sources, so a face only one of three detectors saw scores lower.
+  each source's best score over the sources that can see a face of its size, so a face only one of three
+  competent detectors saw scores lower, but a detector that cannot find faces that small (or large) abstains.
+
+``competent`` (optional, per source) says which face widths a source can find (``ScoreCalibrator.competent``);
+without it every source counts everywhere.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -98,7 +102,8 @@ def _soft_nms(faces: Detections, sources: torch.Tensor, settings: FusionSettings
     return kept, _votes(kept.boxes, faces.boxes, sources, settings.iou)
 
 
-def _wbf(faces: Detections, sources: torch.Tensor, settings: FusionSettings, num_sources: int
+def _wbf(faces: Detections, sources: torch.Tensor, settings: FusionSettings, num_sources: int,
+         competent: Sequence[Callable[[torch.Tensor], torch.Tensor] | None] | None = None
          ) -> tuple[Detections, torch.Tensor]:
     weights = (torch.ones(num_sources) if settings.weights is None
                else torch.tensor(settings.weights, dtype=torch.float32))
@@ -123,9 +128,16 @@ def _wbf(faces: Detections, sources: torch.Tensor, settings: FusionSettings, num
         mass = weights[sources[cluster]] * faces.scores[cluster]
         mass = mass / mass.sum() if mass.sum() > 0 else torch.full_like(mass, 1 / len(mass))
         best_per_source = torch.zeros(num_sources).scatter_reduce(0, sources[cluster], faces.scores[cluster], "amax")
-        boxes.append((faces.boxes[cluster] * mass[:, None]).sum(0))
+        box = (faces.boxes[cluster] * mass[:, None]).sum(0)
+        counted = torch.zeros(num_sources, dtype=torch.bool)
+        counted[sources[cluster]] = True  # a source that reported the face always counts
+        for source, can_see in enumerate(competent or ()):
+            counted[source] |= True if can_see is None else bool(can_see((box[2] - box[0])[None])[0])
+        if competent is None:
+            counted[:] = True
+        boxes.append(box)
         landmarks.append((faces.landmarks[cluster] * mass[:, None, None]).sum(0))
-        scores.append((weights * best_per_source).sum() / weights.sum())
+        scores.append((weights * best_per_source)[counted].sum() / weights[counted].sum())
         votes.append(len(sources[cluster].unique()))
     if not boxes:
         return Detections.empty(), torch.zeros(0, dtype=torch.int64)
@@ -134,8 +146,11 @@ def _wbf(faces: Detections, sources: torch.Tensor, settings: FusionSettings, num
     return fused[order], torch.tensor(votes)[order]
 
 
-def fuse(parts: Sequence[Detections], settings: FusionSettings) -> tuple[Detections, torch.Tensor]:
-    """One ``Detections`` (by decreasing score) and the votes of each face, from one ``Detections`` per source."""
+def fuse(parts: Sequence[Detections], settings: FusionSettings,
+         competent: Sequence[Callable[[torch.Tensor], torch.Tensor] | None] | None = None
+         ) -> tuple[Detections, torch.Tensor]:
+    """One ``Detections`` (by decreasing score) and the votes of each face, from one ``Detections`` per source;
+    ``competent``: per source, (N,) face widths → (N,) whether it can find faces that wide (None: everywhere)."""
     if settings.weights is not None and len(settings.weights) != len(parts):
         raise ConfigError(f"{len(settings.weights)} fusion weights for {len(parts)} sources")
     faces, sources = _stack(parts) if parts else (Detections.empty(), torch.zeros(0, dtype=torch.int64))
@@ -146,6 +161,6 @@ def fuse(parts: Sequence[Detections], settings: FusionSettings) -> tuple[Detecti
     elif settings.method == "soft_nms":
         fused, votes = _soft_nms(faces, sources, settings)
     else:
-        fused, votes = _wbf(faces, sources, settings, len(parts))
+        fused, votes = _wbf(faces, sources, settings, len(parts), competent)
     keep = (votes >= settings.min_votes) & (fused.scores >= settings.score_threshold)
     return fused[keep], votes[keep]

@@ -24,7 +24,7 @@ from embedding.fusion import SEPARATOR, FusedEmbedder, member_names
 from embedding.routing import SizeRoutedEmbedder
 from embedding.training import embedder_from_checkpoint, training_identities
 from fusion.calibration import ScoreCalibrator
-from fusion.detector import FusionDetector, TiledDetector
+from fusion.detector import FusionDetector
 from fusion.merge import FusionSettings
 from pipeline.config import DETECTOR_ENTRY, FUSION, default_config_path, detection_config, pipeline_config
 
@@ -107,15 +107,19 @@ def build_embedder(name: str, weights: str | Path | None = None, device: str = "
 
 # ---------------------------------------------------------------- the fused detector
 
-def fused_detector_config(name: str, entry: dict, calibrating: bool = False) -> dict:
-    """The config of one of the fused detectors: its own config file with the entry's ``set`` items, and while
-    fitting score calibration its ``calibration_set`` (thresholds loose enough to make misses)."""
+def fused_detector_config(name: str, entry: dict, min_face_px: float | None, calibrating: bool = False) -> dict:
+    """The config of one of the fused detectors: its own config file with the pipeline's ``min_face_px`` (for a
+    detector that takes one; None: each detector's own), the entry's ``set`` items, and while fitting score calibration its
+    ``calibration_set`` (thresholds loose enough to make misses)."""
     if name == FUSION or name not in DETECTORS:
         raise ConfigError(f"detection.detectors: unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
     config = entry["config"]
     path = project_path(config) if config else default_config_path(name)
-    loose = DETECTORS.get(name).calibration_set if calibrating else ()
-    return detection_config(name, path, set_items=[*entry["set"], *loose])
+    spec = DETECTORS.get(name)
+    loose = spec.calibration_set if calibrating else ()
+    smallest = ([f"inference.min_face_px={min_face_px}"]
+                if min_face_px is not None and "min_face_px" in spec.defaults.get("inference", {}) else [])
+    return detection_config(name, path, set_items=[*smallest, *entry["set"], *loose])
 
 
 def fused_entries(cfg: dict) -> dict[str, dict]:
@@ -148,21 +152,21 @@ def route_small_faces(embedder: Embedder | FusedEmbedder, section: dict, device:
 
 
 def fusion_settings(cfg: dict, weights: list[float] | None = None) -> FusionSettings:
-    return FusionSettings(**cfg["detection"]["fusion"], weights=weights)
+    section = {key: value for key, value in cfg["detection"]["fusion"].items() if key != "competent_recall"}
+    return FusionSettings(**section, weights=weights)
 
 
-def fusion_from_config(cfg: dict, device: str):
-    """The fused (and, with tile zooms, tiled) photo detector a pipeline config describes."""
+def fusion_from_config(cfg: dict, device: str) -> FusionDetector:
+    """The fused photo detector a pipeline config describes."""
     entries = fused_entries(cfg)
-    detectors = {name: detector_from_config(fused_detector_config(name, entry), device)
+    inference = cfg["inference"]
+    detectors = {name: detector_from_config(fused_detector_config(name, entry, inference["min_face_px"]), device)
                  for name, entry in entries.items()}
     calibrators = {name: ScoreCalibrator.load(project_path(entry["calibration"]))
                    for name, entry in entries.items() if entry["calibration"]}
     settings = fusion_settings(cfg, [entry["weight"] for entry in entries.values()])
-    inference = cfg["inference"]
-    fused = FusionDetector(detectors, settings, calibrators, inference["score_threshold"])
-    zooms = inference["tile_zooms"]
-    return fused if tuple(zooms) == (1,) else TiledDetector(fused, zooms, settings, inference["tile_overlap"])
+    return FusionDetector(detectors, settings, calibrators, inference["score_threshold"],
+                          cfg["detection"]["fusion"]["competent_recall"])
 
 
 def teacher_from_config(section: dict):

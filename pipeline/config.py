@@ -22,14 +22,20 @@ PIPELINE_DEFAULTS = {
         "blazeface": {**DETECTOR_ENTRY, "config": "configs/detection_blazeface.yaml",
                       "set": ["inference.score_threshold=0.3"]},
         "mtcnn": {**DETECTOR_ENTRY, "config": "configs/detection_mtcnn.yaml"},
-        "fusion": {"method": "wbf", "iou": 0.5, "min_votes": 1, "soft_nms_method": "gaussian",
-                   "soft_nms_sigma": 0.5},
+        # competent_recall: a detector counts in a face's fused score (wbf) at the face widths where its recall
+        # on the calibration photos reaches this; elsewhere it abstains
+        "fusion": {"method": "wbf", "iou": 0.3, "min_votes": 1, "soft_nms_method": "gaussian",
+                   "soft_nms_sigma": 0.5, "competent_recall": 0.5},
     },
-    # the fused detector on whole photos; zooms > 1 add overlapping tiles, merged by the same fusion
-    "inference": {"score_threshold": 0.3, "tile_zooms": [1], "tile_overlap": 0.25},
+    # the fused detector: score_threshold on the fused score; min_face_px: the smallest face each detector is to
+    # find (its inference.min_face_px: the tile planner's passes, MTCNN's pyramid)
+    "inference": {"score_threshold": 0.4, "min_face_px": 20.0},
     # train.py --stage detection --config configs/pipeline.yaml: fit each detector's score calibration
-    "calibration": {"data": "../shared/data/detection/dlib_faces/training.xml", "root": None, "format": None,
-                    "method": "logistic", "iou": 0.5, "out_dir": "runs/fusion/calibration", "device": "cpu"},
+    # data: an annotation file, "groups" (the group-photo benchmark's tune split), or a list of them;
+    # size_bins: face-width bin edges (px) of the calibration and of each detector's recall (its competence)
+    "calibration": {"data": ["groups", "../shared/data/detection/dlib_faces/training.xml"], "root": None,
+                    "format": None, "method": "logistic", "iou": 0.5, "size_bins": [0, 24, 32, 48, 64, 96],
+                    "out_dir": "runs/fusion/calibration", "device": "cpu"},
     # the embedder faces are aligned for and embedded with (pipeline.build_embedder)
     # flip: also embed each face's mirror image and average (test-time flip)
     "embedding": {"embedder": "dlib_resnet", "weights": None, "flip": False,

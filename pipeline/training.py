@@ -17,6 +17,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from common.composite import size_bin_labels
 from common.config import ConfigError, build_config, project_path, save_config
 from common.errors import UserError
 from common.io import read_image
@@ -28,6 +29,7 @@ from fusion.calibration import ScoreCalibrator, labelled_scores
 from pipeline.build import build_detector, detector_from_config, fused_detector_config, fused_entries, \
     teacher_from_config
 from pipeline.config import FUSION
+from pipeline.group_photos import GROUPS, generate_groups, groups_config
 from pipeline.matching_stage import matching_config, run_matching_training
 
 STAGES = ("detection", "embedding", "matching")
@@ -57,23 +59,42 @@ def embedding_config(config_path=None, set_items: Sequence[str] = (), flag_overr
     return cfg
 
 
+def calibration_items(section: dict) -> tuple[list[dict], list[str]]:
+    """The labelled photos ``calibration.data`` names (one annotation file, ``groups``, or a list of them):
+    ``groups`` is the group-photo benchmark's tune split (its report split is never fitted on)."""
+    sources = section["data"] if isinstance(section["data"], list) else [section["data"]]
+    items, described = [], []
+    for source in sources:
+        path = generate_groups(groups_config(), "tune", device=section["device"]) if source == GROUPS else source
+        items += load_benchmark(path, section["root"], section["format"])
+        described.append(f"{source} ({path})" if source == GROUPS else str(source))
+    return items, described
+
+
 def fit_fusion_calibration(cfg: dict) -> dict[str, Path]:
-    """Fit each fused detector's score calibration on ``calibration.data`` and write ``<out_dir>/<detector>.json``.
-    The detectors run with their ``calibration_set`` so the fit sees low-scoring misses as well as hits."""
+    """Fit each fused detector's score calibration by face size on ``calibration.data`` and write
+    ``<out_dir>/<detector>.json``, with each size bin's recall (where the detector is competent) and what it was
+    fitted on. The detectors run with their ``calibration_set`` so the fit sees low-scoring misses as well as hits."""
     section = cfg["calibration"]
     if section["method"] not in CALIBRATION_METHODS:
         raise ConfigError(f"calibration.method must be one of {', '.join(CALIBRATION_METHODS)}")
-    items = load_benchmark(section["data"], section["root"], section["format"])
+    items, sources = calibration_items(section)
     images = [read_image(item["image_path"]) for item in tqdm(items, desc="reading", unit="photo")]
     written = {}
     for name, entry in fused_entries(cfg).items():
-        detector = detector_from_config(fused_detector_config(name, entry, calibrating=True), section["device"])
+        config = fused_detector_config(name, entry, cfg["inference"]["min_face_px"], calibrating=True)
+        detector = detector_from_config(config, section["device"])
         found = [detector.detect([image])[0] for image in tqdm(images, desc=f"{name} on calibration photos")]
-        scores, hits = labelled_scores(found, items, section["iou"])
-        calibrator = ScoreCalibrator(section["method"]).fit(scores, hits)
+        scores, hits, widths, face_widths, faces_found = labelled_scores(found, items, section["iou"])
+        fitted_on = {"data": sources, "photos": len(items), "faces": int(len(face_widths)),
+                     "detections": int(len(scores)), "iou": section["iou"], "inference": config["inference"]}
+        calibrator = ScoreCalibrator(section["method"], fitted_on=fitted_on).fit(
+            scores, hits, widths, section["size_bins"], face_widths, faces_found)
         written[name] = calibrator.save(Path(section["out_dir"]) / f"{name}.json")
-        print(f"{name}: {int(hits.sum())} hits / {len(hits)} detections → {written[name]} "
-              f"(set detection.{name}.calibration to use it)")
+        recalls = ", ".join(f"{label} px {entry['recall']}" for label, entry in
+                            zip(size_bin_labels(section["size_bins"]), calibrator.bins) if entry["recall"] is not None)
+        print(f"{name}: {int(hits.sum())} hits / {len(hits)} detections; recall by face width: {recalls} → "
+              f"{written[name]} (set detection.{name}.calibration to use it)")
     return written
 
 

@@ -168,7 +168,7 @@ def test_box_crop_landmarks_follow_the_crop(lfw_photos):
 @pytest.fixture(scope="module")
 def mtcnn_faces(lfw_photos):
     from detection.mtcnn.detector import mtcnn_detector
-    detections = mtcnn_detector(device="cpu", min_face=LFW_MIN_FACE).detect(lfw_photos)
+    detections = mtcnn_detector(device="cpu", min_face_px=LFW_MIN_FACE).detect(lfw_photos)
     return [(d.boxes[i].numpy(), d.landmarks[i].numpy()) if (i := d.nearest_to_centre(250, 250)) is not None else None
             for d in detections]
 
@@ -177,7 +177,7 @@ def mtcnn_faces(lfw_photos):
 def blazeface_faces(lfw_photos):
     from detection.blazeface.detector import blazeface_detector
     weights = shared_path("models", "mediapipe", "face_detection_short_range.tflite")
-    detections = blazeface_detector(weights=str(weights), device="cpu", tile_zooms=(1,)).detect(lfw_photos)
+    detections = blazeface_detector(weights=str(weights), device="cpu", min_face_px=None).detect(lfw_photos)
     return [(d.boxes[i].numpy(), d.landmarks[i].numpy()) if (i := d.nearest_to_centre(250, 250)) is not None else None
             for d in detections]
 

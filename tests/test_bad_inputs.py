@@ -643,9 +643,9 @@ def _(env):
 
 
 @case("yaml_wrong_type_evaluate", "evaluate", EXIT_USAGE, "error naming the key and the types",
-      "bad.yaml: inference.tile_zooms must be list")
+      "bad.yaml: inference.thresholds must be list")
 def _(env):
-    path = _yaml(env, "detector: mtcnn\ninference:\n  tile_zooms: 2\n")
+    path = _yaml(env, "detector: mtcnn\ninference:\n  thresholds: 2\n")
     return env.evaluate(_csv(env, f"face.jpg,{LFW_FACE_BOX}"), "--config", str(path)), None
 
 
@@ -902,10 +902,10 @@ def _(env):
     return env.infer(env.tmp / "clip.mp4"), None
 
 
-@case("tile_zooms_zero", "infer", EXIT_USAGE, "error naming tile_zooms and what it must be",
-      "tile_zooms must be whole numbers >= 1 (1 = the whole photo), got [0]")
+@case("min_face_px_zero", "infer", EXIT_USAGE, "error naming --min-face-px and what it must be",
+      "min_face_px must be a positive number of pixels or null, got 0.0")
 def _(env):
-    argv = env.infer(env.face_file("face.jpg"), "--tile-zooms", "0")
+    argv = env.infer(env.face_file("face.jpg"), "--min-face-px", "0")
     argv[1] = "blazeface"
     return argv, None
 

@@ -31,10 +31,10 @@ def test_evaluate_dlib_testing_ap(tmp_path, weights):
     assert result.returncode == 0, result.stderr
     figures = json.loads(out.read_text())
     assert figures["faces"] == 25 and figures["images"] == 5
-    assert figures["ap50"] >= 0.95  # tiled (zooms 1 2 4) finds the 9-px faces the 128-px whole-photo pass misses
+    assert figures["ap50"] >= 0.95  # planned tiles find the 9-px faces the 128-px whole-photo pass misses
     assert (tmp_path / "results.pr.png").stat().st_size > 10_000
     whole = run("evaluate.py", "--benchmark", "detection", "--weights", str(weights), "--data", str(xml),
-                "--tile-zooms", "1", "--out", str(tmp_path / "whole.json"))
+                "--min-face-px", "none", "--out", str(tmp_path / "whole.json"))
     assert json.loads((tmp_path / "whole.json").read_text())["ap50"] < 0.5, whole.stdout
 
 
@@ -94,7 +94,7 @@ def test_detections_landmarks_lie_near_faces(weights):
     from common.io import read_image
     from detection.blazeface.detector import blazeface_detector
 
-    detector = blazeface_detector(weights=str(weights), score_threshold=0.75, tile_zooms=(1, 2, 4))
+    detector = blazeface_detector(weights=str(weights), score_threshold=0.75, min_face_px=20)
     image = read_image(shared_path("data", "faces_in_photos", "compreface", "010_2.jpg"))
     detections = detector.detect([image])[0]
     assert len(detections) == 2

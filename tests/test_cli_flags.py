@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 @pytest.mark.parametrize("argv, refused", [
     (["--benchmark", "lfw", "--score-threshold", "0.5"], "--score-threshold applies to --benchmark detection/wider"),
     (["--benchmark", "pairs", "--pairs", "p.csv", "--iou", "0.3"], "--iou applies to --benchmark detection/wider"),
-    (["--benchmark", "lfw", "--tile-zooms", "1", "2"], "--tile-zooms applies to --benchmark detection/wider"),
+    (["--benchmark", "lfw", "--min-face-px", "20"], "--min-face-px applies to --benchmark detection/wider"),
     (["--benchmark", "lfw", "--images", "photos"], "--images applies to --benchmark pairs/wider"),
     (["--benchmark", "detection", "--data", "x.xml", "--embedder", "facenet"], "--embedder applies to --benchmark lfw"),
     (["--benchmark", "detection", "--data", "x.xml", "--flip"], "--flip applies to --benchmark lfw/pairs only"),

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from common.detections import Detections
-from common.tiling import drop_cut_faces, make_tiles
+from common.config import ConfigError
+from common.tiling import drop_cut_faces, plan_passes
 from detection.data.dataset import FaceDetectionDataset, letterbox
 from detection.data.readers import FaceAnnotation
 
@@ -58,16 +59,49 @@ def test_missing_landmarks_stay_missing(face_image):
     assert torch.isnan(target["landmarks"]).all()
 
 
-def test_tiles_cover_the_photo_with_overlap():
-    tiles = make_tiles(375, 500, [1, 4])
-    assert tiles[0] == (0, 0, 500, 375)
-    small = tiles[1:]
-    assert all(x2 - x1 == 125 and y2 - y1 == 125 for x1, y1, x2, y2 in small)
-    covered = np.zeros((375, 500), bool)
-    for x1, y1, x2, y2 in small:
-        covered[y1:y2, x1:x2] = True
-    assert covered.all()
-    assert max(x2 for _, _, x2, _ in small) == 500 and max(y2 for _, _, _, y2 in small) == 375
+@pytest.mark.parametrize("height, width", [(1080, 1920), (2160, 3840), (2000, 3000), (250, 250), (480, 300)])
+@pytest.mark.parametrize("face_px, input_side", [((16, 112), 128), ((16, 256), 2048), ((12, 60), 96)])
+def test_planned_passes_find_every_face_size_from_the_minimum_whole_in_some_tile(height, width, face_px, input_side):
+    smallest, largest = face_px
+    passes = plan_passes(height, width, 20, face_px, input_side)
+    coarsest, finest = passes[0], passes[-1]
+    assert len(coarsest.tiles) == 1 and coarsest.face_px[1] == min(height, width)
+    assert finest.face_px[0] == pytest.approx(min(20, coarsest.face_px[0]))
+    rng = np.random.default_rng(0)
+    for index, look in enumerate(passes):
+        if index:  # each pass takes the faces too small for the one before
+            assert look.face_px[1] == pytest.approx(passes[index - 1].face_px[0])
+            assert look.scale > passes[index - 1].scale
+        assert look.face_px[1] * look.scale <= largest * (1 + 1e-6) or index == 0
+        side = max(x2 - x1 for x1, _, x2, _ in look.tiles)
+        assert side * look.scale <= input_side + 1
+        covered = np.zeros((height, width), bool)
+        for x1, y1, x2, y2 in look.tiles:
+            covered[y1:y2, x1:x2] = True
+        assert covered.all()
+        # a face as large as the pass is responsible for, anywhere, lies whole (clear of the edge margin) in a tile
+        face = min(look.face_px[1], height, width) - 1
+        tiles = np.array(look.tiles, np.float64)
+        for x, y in rng.uniform(0, 1, (200, 2)) * [width - face, height - face]:
+            inside = ((tiles[:, 0] <= x - 2 * (tiles[:, 0] > 0)) & (tiles[:, 1] <= y - 2 * (tiles[:, 1] > 0))
+                      & (tiles[:, 2] >= x + face + 2 * (tiles[:, 2] < width))
+                      & (tiles[:, 3] >= y + face + 2 * (tiles[:, 3] < height)))
+            assert inside.any(), (index, x, y, face)
+
+
+def test_planner_takes_no_more_passes_than_needed():
+    assert len(plan_passes(2160, 3840, None, (16, 112), 128)) == 1  # no minimum: the whole photo once
+    assert len(plan_passes(250, 250, 120, (16, 112), 128)) == 1     # the whole photo already shows 120-px faces
+    # a fully convolutional network with a wide range takes the photo at two scales and tiles neither much
+    retina = plan_passes(2160, 3840, 20, (16, 256), 2048)
+    assert len(retina) == 2 and retina[-1].scale == pytest.approx(0.8)
+    blaze = plan_passes(2160, 3840, 20, (16, 112), 128)
+    assert [len(look.tiles) for look in blaze] == [1, 6, 28, 135, 646]
+    for bad in [(112, 16), (0, 10)]:
+        with pytest.raises(ConfigError, match="face_px"):
+            plan_passes(100, 100, 20, bad, 128)
+    with pytest.raises(ConfigError, match="min_face_px"):
+        plan_passes(100, 100, -1, (16, 112), 128)
 
 
 def test_faces_cut_by_inner_tile_edges_are_dropped():

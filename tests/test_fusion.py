@@ -11,7 +11,7 @@ import torch
 from common.config import ConfigError
 from common.detections import Detections
 from fusion.calibration import ScoreCalibrator, labelled_scores
-from fusion.detector import FusionDetector, TiledDetector
+from fusion.detector import FusionDetector
 from pipeline import fusion_from_config
 from pipeline.config import PIPELINE_DEFAULTS
 from fusion.merge import FusionSettings, fuse, soft_nms_scores
@@ -86,32 +86,36 @@ def test_calibration_is_monotone_fits_hits_and_round_trips(tmp_path):
 def test_labelled_scores_uses_the_benchmark_matching():
     found = [faces([[0, 0, 10, 10], [50, 50, 60, 60]], [0.9, 0.4]), faces([[0, 0, 10, 10]], [0.7])]
     items = [{"gt_boxes": torch.tensor([[0.0, 0, 10, 10]])}, {"gt_points": [[5.0, 5.0]]}]
-    scores, hits = labelled_scores(found, items)
+    scores, hits, widths, face_widths, faces_found = labelled_scores(found, items)
     assert scores.tolist() == pytest.approx([0.9, 0.4, 0.7]) and hits.tolist() == [True, False, True]
+    assert widths.tolist() == [10, 10, 10] and face_widths.tolist() == [10] and faces_found.tolist() == [True]
 
 
-class BrightSquares:
-    """A stand-in detector: one face per bright square, found only when wholly inside the picture it gets."""
-
-    def detect(self, images):
-        results = []
-        for image in images:
-            mask = image[:, :, 0] > 128
-            if not mask.any():
-                results.append(Detections.empty())
-                continue
-            ys, xs = np.nonzero(mask)
-            results.append(faces([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], [0.9]))
-        return results
+def test_a_detector_abstains_at_face_sizes_it_cannot_find():
+    seen_by_a = faces([[0, 0, 10, 10], [100, 0, 160, 60]], [0.9, 0.8])
+    seen_by_b = faces([[101, 0, 161, 60]], [0.6])
+    blind_below_30 = [None, lambda widths: widths >= 30]
+    fused, _ = fuse([seen_by_a, seen_by_b], FusionSettings("wbf", 0.5), blind_below_30)
+    # the 10-px face: b cannot see faces that small, so its absence does not count; the 60-px face: both count
+    assert sorted(fused.scores.tolist()) == pytest.approx([0.7, 0.9])
+    counted, _ = fuse([seen_by_a, seen_by_b], FusionSettings("wbf", 0.5))
+    assert sorted(counted.scores.tolist()) == pytest.approx([0.45, 0.7])  # without: absence is a vote against
 
 
-def test_tiles_find_a_face_once_in_photo_pixels():
-    image = np.zeros((400, 600, 3), np.uint8)
-    image[300:340, 420:470] = 255
-    tiled = TiledDetector(BrightSquares(), zooms=(1, 2, 3), settings=FusionSettings("wbf"))
-    found = tiled.detect([image])[0]
-    assert len(found) == 1
-    assert found.boxes[0].tolist() == pytest.approx([420, 300, 470, 340])
+def test_calibration_by_face_size_fits_each_bin_and_records_where_the_detector_is_competent():
+    rng = np.random.default_rng(0)
+    widths = np.concatenate([rng.uniform(10, 20, 200), rng.uniform(40, 80, 200)])
+    scores = rng.uniform(0.05, 0.95, 400)
+    # small faces: a hit whenever the score is over 0.8; large ones over 0.3
+    hits = np.where(widths < 24, scores > 0.8, scores > 0.3) ^ (rng.uniform(size=400) < 0.05)
+    face_widths = np.array([15.0] * 10 + [50.0] * 10)
+    found = np.array([True] * 3 + [False] * 7 + [True] * 10)
+    calibrator = ScoreCalibrator("logistic").fit(scores, hits, widths, [0, 24, 32], face_widths, found)
+    at = calibrator(torch.tensor([0.5, 0.5]), torch.tensor([15.0, 60.0]))
+    assert float(at[0]) < 0.3 < 0.7 < float(at[1])
+    assert calibrator.competent(torch.tensor([15.0, 30.0, 60.0]), 0.5).tolist() == [False, True, True]
+    assert [entry["recall"] for entry in calibrator.bins] == [0.3, None, 1.0]
+    assert calibrator.bins[1]["params"] is None  # no detections there: the pooled fit serves
 
 
 def test_fused_detector_merges_per_photo_and_times_each_detector():

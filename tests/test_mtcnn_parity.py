@@ -41,7 +41,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def ours() -> MTCNNDetector:
-    return mtcnn_detector(min_face=MIN_FACE, thresholds=THRESHOLDS, factor=FACTOR)
+    return mtcnn_detector(min_face_px=MIN_FACE, thresholds=THRESHOLDS, factor=FACTOR)
 
 
 def _read(relative: str) -> np.ndarray:
@@ -127,10 +127,10 @@ def test_our_weight_files_load_in_every_layout(tmp_path):
 def test_detector_is_registered_and_checks_its_arguments():
     from detection.mtcnn.detector import mtcnn_detector
 
-    detector = mtcnn_detector(score_threshold=0.05, nms_iou=0.3, tile_zooms=[1])
+    detector = mtcnn_detector(score_threshold=0.05, nms_iou=0.3)
     assert isinstance(detector, MTCNNDetector)
-    with pytest.raises(ValueError, match="tile-zooms 1"):
-        mtcnn_detector(tile_zooms=[1, 2, 4])
+    with pytest.raises(ValueError, match="min_face >= 1"):
+        mtcnn_detector(min_face_px=0)
     with pytest.raises(ValueError, match="RGB uint8"):
         detector.detect([np.zeros((10, 10), np.uint8)])
     assert detector.detect([]) == []
@@ -227,7 +227,7 @@ def test_max_side_maps_faces_back_to_photo_pixels():
     height, width = image.shape[:2]
     large = cv2.resize(image, (width * 3, height * 3), interpolation=cv2.INTER_LINEAR)
     # a third of the side: 20-px faces of the original would be 6.7 px, so 12 px (P-Net's window) is sought
-    expected = mtcnn_detector(min_face=12).detect([image])[0]
+    expected = mtcnn_detector(min_face_px=12).detect([image])[0]
     shrunk = mtcnn_detector(max_side=max(width, height)).detect([large])[0]
     assert len(shrunk) == len(expected)
     iou = box_iou(expected.boxes * 3, shrunk.boxes).max(1).values

@@ -125,9 +125,9 @@ def small_face_photo(face_width: int):
     return photo, torch.tensor(box, dtype=torch.float32)[None]
 
 
-def test_tiles_and_scales_find_a_face_too_small_for_the_whole_photo():
+def test_planned_passes_find_a_face_too_small_for_the_whole_photo():
     """A 14 px face at long side 320 is 7 px, under the smallest (10 px) anchor: missed on the whole photo,
-    found on 2× tiles or at scale 2."""
+    found at the planner's passes for 14-px faces (one at scale 16/14, tiled when the input may only be 256)."""
     weights = shared_path(*CHECKPOINT)
     photo, face = small_face_photo(14)
 
@@ -136,8 +136,8 @@ def test_tiles_and_scales_find_a_face_too_small_for_the_whole_photo():
         return int((box_iou(found.boxes, face)[:, 0] >= 0.5).sum()) if len(found) else 0
 
     assert hits() == 0
-    assert hits(tile_zooms=(1, 2)) == 1
-    assert hits(scales=(1.0, 2.0)) == 1
+    assert hits(min_face_px=14) == 1
+    assert hits(min_face_px=14, max_input_side=256) == 1
 
 
 def test_targets_decode_back_to_the_faces():

@@ -12,15 +12,13 @@ from common.boxes import weighted_nms
 from common.checkpoint import model_state_from_file
 from common.detections import Detections
 from common.registry import build_model
-from common.tiling import detect_on_tiles
+from common.tiling import detect_on_passes, plan_passes
 from detection.blazeface.mediapipe_import import load_mediapipe_weights
 from detection.blazeface.model import BlazeFace, fuse_batchnorm
 from detection.blazeface.postprocess import BlazeFacePostprocessor
 from detection.blazeface.targets import BlazeFaceAnchors
 from detection.data.dataset import letterbox
 
-
-TILE_OVERLAP = 0.25  # of a tile's side, shared with its neighbours
 
 
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -41,16 +39,22 @@ def load_weights(model: BlazeFace, weights: str | Path) -> BlazeFace:
 
 
 class BlazeFaceDetector:
+    """``face_px``: the (smallest, largest) face width in px it finds at its input; ``min_face_px``: the smallest
+    face to find in a photo (the tile planner's passes, ``common.tiling.plan_passes``), None: the whole photo
+    once."""
+
     def __init__(self, model: BlazeFace, variant: str, device: str | torch.device = "cpu",
                  score_threshold: float = 0.5, nms_iou: float = 0.3, batch_size: int = 64,
-                 tile_zooms: Sequence[int] = (1,)):
+                 min_face_px: float | None = None, face_px: Sequence[float] = (16, 112)):
         self.anchors = BlazeFaceAnchors(variant)
         self.device = torch.device(device)
         # channels_last roughly doubles CPU throughput of the depthwise/pointwise convs (bench/bench_blazeface.py)
         self.model = fuse_batchnorm(model.eval()).to(self.device, memory_format=torch.channels_last).eval()
         self.postprocess = BlazeFacePostprocessor(self.anchors, score_threshold, nms_iou)
         self.batch_size = batch_size
-        self.tile_zooms = tuple(tile_zooms)
+        self.min_face_px, self.face_px = min_face_px, tuple(face_px)
+        plan_passes(self.anchors.input_size, self.anchors.input_size, min_face_px, face_px,
+                    self.anchors.input_size)  # refuses a bad face_px or min_face_px now, not at the first photo
         self.nms_iou = nms_iou
 
     def _run(self, crops: list[np.ndarray]) -> list[Detections]:
@@ -69,10 +73,11 @@ class BlazeFaceDetector:
     @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """RGB uint8 (H, W, 3) photos → one ``Detections`` each, in photo pixels."""
-        if self.tile_zooms == (1,):
+        if self.min_face_px is None:
             return self._run(list(images))
-        return [detect_on_tiles(image, self.tile_zooms, TILE_OVERLAP, lambda crops, _: self._run(crops), self._merge)
-                for image in images]
+        size = self.anchors.input_size
+        return [detect_on_passes(image, plan_passes(*image.shape[:2], self.min_face_px, self.face_px, size),
+                                 lambda crops, _: self._run(crops), self._merge) for image in images]
 
     def _merge(self, parts: list[Detections]) -> Detections:
         found = Detections.cat(parts)
@@ -84,9 +89,9 @@ class BlazeFaceDetector:
 
 def blazeface_detector(weights: str | Path | None = None, variant: str = "front", device: str = "cpu",
                        score_threshold: float = 0.5, nms_iou: float = 0.3, batch_size: int = 64,
-                       tile_zooms: Sequence[int] = (1,)) -> BlazeFaceDetector:
+                       min_face_px: float | None = None, face_px: Sequence[float] = (16, 112)) -> BlazeFaceDetector:
     if weights is None:
         raise ConfigError("BlazeFace needs weights: a MediaPipe face_detection_short_range.tflite (see README) "
                          "or a checkpoint from train.py --stage detection")
     model = load_weights(build_model(f"blazeface_{variant}"), weights)
-    return BlazeFaceDetector(model, variant, device, score_threshold, nms_iou, batch_size, tile_zooms)
+    return BlazeFaceDetector(model, variant, device, score_threshold, nms_iou, batch_size, min_face_px, face_px)

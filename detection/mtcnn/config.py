@@ -43,9 +43,8 @@ MTCNN_DEFAULTS = {
     # infer.py / evaluate.py: the detector's arguments (detection/mtcnn/detector.py). score_threshold filters on top
     # of thresholds[2] (0 = no further filter); max_side / min_face_fraction (null = off) shrink large photos first:
     # MAX_SIDE leaves photos up to 2048 px (1080p, 1440p) as they are and bounds the work on 12-36 MP portraits.
-    "inference": {"score_threshold": 0.0, "min_face": 20.0, "thresholds": list(DEFAULT_THRESHOLDS),
-                  "factor": PYRAMID_FACTOR, "max_side": MAX_SIDE, "min_face_fraction": None, "tile_zooms": [1],
-                  "batch_size": 16},
+    "inference": {"score_threshold": 0.0, "min_face_px": 20.0, "thresholds": list(DEFAULT_THRESHOLDS),
+                  "factor": PYRAMID_FACTOR, "max_side": MAX_SIDE, "min_face_fraction": None, "batch_size": 16},
 }
 
 

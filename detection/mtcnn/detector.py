@@ -232,18 +232,17 @@ def load_mtcnn_weights(weights: str | Path | None) -> tuple[PNet, RNet, ONet]:
 
 
 def mtcnn_detector(weights: str | Path | None = None, device: str = "cpu", score_threshold: float | None = None,
-                   min_face: float = 20, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                   min_face_px: float = 20, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                    factor: float = PYRAMID_FACTOR, max_side: int | None = None,
                    min_face_fraction: float | None = None, nms_iou: float | None = None,
-                   tile_zooms: Sequence[int] | None = None, batch_size: int = 16) -> MTCNNDetector:
-    """MTCNN with facenet-pytorch's weights (``weights=None``) or ours. ``nms_iou`` is accepted for the CLIs'
-    sake and not used: MTCNN's three suppressions keep their own thresholds. MTCNN's pyramid already covers
-    every scale, so ``tile_zooms`` may only be ``None`` or ``[1]``."""
-    if tile_zooms is not None and tuple(tile_zooms) != (1,):
-        raise ConfigError(f"MTCNN does not tile (its image pyramid covers every face size); got "
-                         f"tile_zooms={list(tile_zooms)}, pass --tile-zooms 1 or leave it unset")
+                   batch_size: int = 16) -> MTCNNDetector:
+    """MTCNN with facenet-pytorch's weights (``weights=None``) or ours; ``min_face_px``: the smallest face its
+    image pyramid seeks (it does not tile: the pyramid covers every face size). ``nms_iou`` is accepted for the
+    CLIs' sake and not used: MTCNN's three suppressions keep their own thresholds."""
     del nms_iou
+    if min_face_px is None:
+        raise ConfigError("MTCNN needs min_face_px: the smallest face (px) its image pyramid seeks, e.g. 20")
     pnet, rnet, onet = load_mtcnn_weights(weights)
-    return MTCNNDetector(pnet, rnet, onet, device=device, min_face=min_face, thresholds=thresholds, factor=factor,
+    return MTCNNDetector(pnet, rnet, onet, device=device, min_face=min_face_px, thresholds=thresholds, factor=factor,
                          max_side=max_side, min_face_fraction=min_face_fraction, score_threshold=score_threshold,
                          batch_size=batch_size)

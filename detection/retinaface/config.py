@@ -27,8 +27,8 @@ RETINAFACE_DEFAULTS = {
               "grad_clip": 10.0, "num_workers": 4, "device": "auto", "seed": 0, "amp": True,
               "checkpoint_every": 10},
     "eval": {"score_threshold": 0.02, "nms_iou": 0.4},
-    "inference": {"score_threshold": 0.9, "nms_iou": 0.4, "long_side": 640, "scales": [1.0], "tile_zooms": [1],
-                  "tile_overlap": 0.25},
+    "inference": {"score_threshold": 0.9, "nms_iou": 0.4, "long_side": 640, "min_face_px": None,
+                  "face_px": [16, 256], "max_input_side": 2048},
     "output": {"checkpoint_dir": "runs/retinaface/checkpoints", "log_dir": "runs/retinaface/logs", "resume": None,
                "auto_resume": True},
 }

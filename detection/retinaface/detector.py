@@ -1,5 +1,5 @@
-"""RetinaFace on whole photos: resize, pad, run, decode, map back to photo pixels; optionally at several
-scales and on zoomed tiles, for small faces."""
+"""RetinaFace on whole photos: resize, pad, run, decode, map back to photo pixels; or, to find faces down to a
+minimum size, at the scales and tiles the planner gives (``common.tiling.plan_passes``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +14,7 @@ from common.boxes import nms
 from common.checkpoint import model_state_from_file, state_mismatch
 from common.detections import Detections
 from common.registry import build_model
-from common.tiling import detect_on_tiles, pad_to_multiple, resize_by
+from common.tiling import detect_on_passes, pad_to_multiple, plan_passes, resize_by
 from detection.retinaface.model import RetinaFace
 from detection.retinaface.postprocess import RetinaFacePostprocessor
 from detection.retinaface.targets import INPUT_MULTIPLE, RetinaFaceAnchors, flavor_of
@@ -47,23 +47,22 @@ def load_weights(model: RetinaFace, weights: str | Path) -> RetinaFace:
 
 
 class RetinaFaceDetector:
-    """``anchors``: those the weights were trained with (``targets.FLAVORS``). ``long_side``: resize the photo
-    so its longer side is this many pixels (None: original size). ``scales``: run the whole photo at each of
-    these factors of that size (2.0 finds faces under the smallest anchors). ``tile_zooms``: zoom Z > 1 also
-    runs overlapping tiles of 1/Z of the photo, each resized like the photo (so enlarged Z times): scale Z
-    without its memory. Everything found is merged by NMS."""
+    """``anchors``: those the weights were trained with (``targets.FLAVORS``). ``min_face_px``: find faces down to
+    this width (photo px) at the planner's scales and tiles, given that the network finds faces ``face_px`` =
+    (smallest, largest) px wide and looks at most ``max_input_side`` px square at once; None: resize the photo so
+    its longer side is ``long_side`` px (None: original size) and look once. Everything found is merged by NMS."""
 
     def __init__(self, model: RetinaFace, anchors: RetinaFaceAnchors, device: str | torch.device = "cpu",
                  score_threshold: float = 0.5, nms_iou: float = 0.4, long_side: int | None = 640,
-                 scales: Sequence[float] = (1.0,), tile_zooms: Sequence[int] = (1,), tile_overlap: float = 0.25):
+                 min_face_px: float | None = None, face_px: Sequence[float] = (16, 256),
+                 max_input_side: int = 2048):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.postprocess = RetinaFacePostprocessor(anchors, score_threshold, nms_iou)
         self.nms_iou = nms_iou
         self.long_side = long_side
-        self.scales = tuple(scales)
-        self.tile_zooms = tuple(z for z in tile_zooms if z > 1)
-        self.tile_overlap = tile_overlap
+        self.min_face_px, self.face_px, self.max_input_side = min_face_px, tuple(face_px), max_input_side
+        plan_passes(max_input_side, max_input_side, min_face_px, face_px, max_input_side)  # refuse bad values now
 
     def _run(self, image: np.ndarray, scale: float) -> Detections:
         """One crop at one scale → detections in crop pixels."""
@@ -78,32 +77,25 @@ class RetinaFaceDetector:
     @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """RGB uint8 (H, W, 3) photos → one ``Detections`` each, in photo pixels, by decreasing score."""
-        results = []
-        for image in images:
-            base = self.long_side / max(image.shape[:2]) if self.long_side else 1.0
-
-            def detect_crops(crops: list[np.ndarray], zooms: list[int]) -> list[Detections]:
-                # zoom 1 is the whole photo, at every scale; a zoomed tile is enlarged by its zoom
-                return [Detections.cat([self._run(crop, base * scale) for scale in self.scales]) if zoom == 1
-                        else self._run(crop, base * zoom) for crop, zoom in zip(crops, zooms)]
-
-            results.append(detect_on_tiles(image, (1, *self.tile_zooms), self.tile_overlap, detect_crops, self._merge))
-        return results
+        if self.min_face_px is None:
+            return [self._run(image, self.long_side / max(image.shape[:2]) if self.long_side else 1.0)
+                    for image in images]
+        return [detect_on_passes(image, plan_passes(*image.shape[:2], self.min_face_px, self.face_px,
+                                                    self.max_input_side),
+                                 lambda crops, scales: [self._run(crop, scale) for crop, scale in zip(crops, scales)],
+                                 self._merge) for image in images]
 
     def _merge(self, parts: list[Detections]) -> Detections:
         merged = Detections.cat(parts)
-        if len(parts) > 1 or len(self.scales) > 1:
-            merged = merged[nms(merged.boxes, merged.scores, self.nms_iou)]
-        return merged
+        return merged[nms(merged.boxes, merged.scores, self.nms_iou)] if len(parts) > 1 else merged
 
     __call__ = detect
 
 
 def retinaface_detector(weights: str | Path | None = None, backbone: str = "mobilenet0.25", flavor: str = "1mb",
                         device: str = "cpu", score_threshold: float = 0.5, nms_iou: float = 0.4,
-                        long_side: int | None = 640,
-                        scales: Sequence[float] = (1.0,), tile_zooms: Sequence[int] = (1,),
-                        tile_overlap: float = 0.25) -> RetinaFaceDetector:
+                        long_side: int | None = 640, min_face_px: float | None = None,
+                        face_px: Sequence[float] = (16, 256), max_input_side: int = 2048) -> RetinaFaceDetector:
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown RetinaFace backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
     if weights is None:
@@ -111,4 +103,4 @@ def retinaface_detector(weights: str | Path | None = None, backbone: str = "mobi
                          "(configs/detection_retinaface.yaml) or a checkpoint from train.py --detector retinaface")
     model = load_weights(build_model(BACKBONES[backbone], leaky_slope=flavor_of(flavor).leaky_slope), weights)
     return RetinaFaceDetector(model, RetinaFaceAnchors.of_flavor(flavor), device, score_threshold, nms_iou,
-                              long_side, scales, tile_zooms, tile_overlap)
+                              long_side, min_face_px, face_px, max_input_side)
