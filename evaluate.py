@@ -30,7 +30,8 @@ DEFAULT_DETECTOR = {"detection": "blazeface", "lfw": "mtcnn", "pairs": "mtcnn", 
 DETECTION = ("detection", "wider")
 # Every flag that only some benchmarks use → those benchmarks; given to another benchmark it is refused.
 FLAG_BENCHMARKS = {
-    "config": (*DETECTION, "classroom"), "min_face_px": DETECTION, "score_threshold": DETECTION, "iou": DETECTION,
+    "config": (*DETECTION, "classroom"), "min_face_px": DETECTION, "set": DETECTION, "score_threshold": DETECTION,
+    "iou": DETECTION,
     "data": ("detection",), "data_root": ("detection",), "format": ("detection",),
     "embedder": ("lfw", "pairs"), "verifier": ("lfw", "pairs"), "classifier": ("lfw", "pairs"),
     "metric": ("lfw", "pairs"), "jitter": ("lfw", "pairs"), "flip": ("lfw", "pairs"), "align": ("lfw", "pairs"),
@@ -41,7 +42,7 @@ FLAG_BENCHMARKS = {
     "classes": ("classroom",), "split": ("classroom", "detection"), "reference": ("classroom",),
 }
 # --benchmark wider: the flags of the detector that writes the predictions, used only with --images
-WIDER_DETECTING_FLAGS = ("detector", "config", "weights", "min_face_px", "score_threshold", "device")
+WIDER_DETECTING_FLAGS = ("detector", "config", "weights", "min_face_px", "set", "score_threshold", "device")
 
 
 def parse_args(argv):
@@ -61,6 +62,8 @@ def parse_args(argv):
     parser.add_argument("--format", default=None, choices=["csv", "wider", "retinaface", "coco", "dlib"])
     parser.add_argument("--device", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--min-face-px", type=min_face_px_arg, metavar="PX", help=MIN_FACE_PX_HELP)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="detection/wider: override a key of the detector config, e.g. model.variant=full")
     parser.add_argument("--score-threshold", type=float,
                         help="detection/wider: keep detections scoring at least this for AP (default: 0.05)")
     parser.add_argument("--iou", type=float, help="detection/wider: IoU a detection needs to count as a hit "
@@ -152,7 +155,8 @@ def main(argv=None) -> int:
             folds=args.folds, limit=args.limit, probe_face_px=args.probe_face_px, cache_dir=args.cache_dir,
             **shared)
         return 0
-    detection = {"config": args.config, "min_face_px": args.min_face_px, "iou": 0.5 if args.iou is None else args.iou,
+    detection = {"config": args.config, "min_face_px": args.min_face_px, "set_items": args.set or [],
+                 "iou": 0.5 if args.iou is None else args.iou,
                  "score_threshold": AP_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold}
     if args.benchmark == "wider":
         run_wider_benchmark(args.predictions, args.images, args.wider_gt, **detection, **shared)

@@ -44,6 +44,8 @@ def parse_args(argv):
     parser.add_argument("--onnx-dir", help="onnxruntime: folder of exported networks (python -m pipeline.export); "
                                            "a network missing there is exported into it (default: runs/onnx_cache)")
     parser.add_argument("--min-face-px", type=min_face_px_arg, metavar="PX", help=MIN_FACE_PX_HELP)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the detector config, e.g. model.variant=full (repeatable)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop a video/webcam after this many frames")
     return parser.parse_args(argv)
 
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = detection_config(args.detector, args.config or default_config_path(args.detector),
                            {"model.weights": args.weights, "inference.score_threshold": args.score_threshold},
-                           [f"inference.min_face_px={args.min_face_px}"] if args.min_face_px else [])
+                           [*([f"inference.min_face_px={args.min_face_px}"] if args.min_face_px else []), *args.set])
     detector = detector_from_config(cfg, args.device)
     if args.backend == "onnxruntime":
         use_onnxruntime(detector, args.onnx_dir or DEFAULT_CACHE, args.device)

@@ -98,4 +98,7 @@ class AnchorGenerator:
 BLAZEFACE_ANCHOR_OPTIONS = {
     "front": dict(input_size=128, strides=(8, 16, 16, 16), min_scale=0.1484375, max_scale=0.75),
     "back": dict(input_size=256, strides=(16, 32, 32, 32), min_scale=0.15625, max_scale=0.75),
+    # the full-range model: one 48×48 level, one anchor per cell (no interpolated scale)
+    "full": dict(input_size=192, strides=(4,), min_scale=0.1484375, max_scale=0.75,
+                 interpolated_scale_aspect_ratio=0.0),
 }

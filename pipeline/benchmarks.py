@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -20,12 +21,14 @@ from pipeline.group_photos import GROUPS, generate_groups, groups_config
 AP_SCORE_THRESHOLD = 0.05  # AP needs the low-scoring detections too: this replaces the config's inference threshold
 
 
-def _benchmark_config(detector: str, config, weights, min_face_px: str | None, score_threshold: float | None
-                      ) -> dict:
-    """``min_face_px``: a YAML value (a number, or null) of ``inference.min_face_px``, None to keep the config's."""
+def _benchmark_config(detector: str, config, weights, min_face_px: str | None, score_threshold: float | None,
+                      set_items: Sequence[str] = ()) -> dict:
+    """``min_face_px``: a YAML value (a number, or null) of ``inference.min_face_px``, None to keep the config's;
+    ``set_items``: ``key=value`` overrides on top."""
     overrides = {"model.weights": weights, "inference.score_threshold": score_threshold}
     return detection_config(detector, config or default_config_path(detector), overrides,
-                            [f"inference.min_face_px={min_face_px}"] if min_face_px is not None else [])
+                            [*([f"inference.min_face_px={min_face_px}"] if min_face_px is not None else []),
+                             *set_items])
 
 
 def _write_json(path, results: dict) -> None:
@@ -67,15 +70,15 @@ def run_detection_benchmark(data: str | Path, detector: str = "blazeface", confi
                             device: str = "cpu", min_face_px: str | None = None,
                             score_threshold: float = AP_SCORE_THRESHOLD, iou: float = 0.5,
                             out: str | Path | None = None, plot: str | Path | None = None,
-                            split: str | None = None) -> dict:
+                            split: str | None = None, set_items: Sequence[str] = ()) -> dict:
     """AP@``iou`` of ``detector`` (its config, ``weights`` and ``min_face_px`` overriding it) on the annotations
     ``data`` (``groups``: the generated group photos of ``split``), precision and recall at the config's own score
     threshold, and both per face-width bin; a fused detector's members are scored too, each on its calibrated
     scores at the fusion's threshold. Writes the PR curve PNG (``plot``, default next to ``out``), the recall by
     face size beside it, and the JSON report (``out``); returns the report."""
     data = resolve_detection_data(data, split, device)
-    cfg = _benchmark_config(detector, config, weights, min_face_px, score_threshold)
-    operating_threshold = detection_config(detector, config or default_config_path(detector)
+    cfg = _benchmark_config(detector, config, weights, min_face_px, score_threshold, set_items)
+    operating_threshold = detection_config(detector, config or default_config_path(detector), set_items=set_items
                                            )["inference"]["score_threshold"]
     items = load_benchmark(data, data_root, fmt)
     scored = detect_items(detector_from_config(cfg, device), items)
@@ -126,7 +129,8 @@ def run_wider_benchmark(predictions: str | Path, images: str | Path | None = Non
                         detector: str = "retinaface", config: str | Path | None = None, weights: str | None = None,
                         device: str = "cpu", min_face_px: str | None = None,
                         score_threshold: float = AP_SCORE_THRESHOLD, iou: float = 0.5,
-                        out: str | Path | None = None, plot: str | Path | None = None) -> WiderResult:
+                        out: str | Path | None = None, plot: str | Path | None = None,
+                        set_items: Sequence[str] = ()) -> WiderResult:
     """Score the prediction folder ``predictions`` (``<event>/<image>.txt``) against WIDER FACE val; with
     ``images`` (WIDER_val/images) it is first written by ``detector``. Writes the JSON report (``out``) and the
     PR curves (``plot``)."""
@@ -134,7 +138,7 @@ def run_wider_benchmark(predictions: str | Path, images: str | Path | None = Non
     ground_truth = load_ground_truth(gt_dir)
     results = {"benchmark": "wider", "predictions": str(predictions), "ground_truth": str(gt_dir)}
     if images:
-        cfg = _benchmark_config(detector, config, weights, min_face_px, score_threshold)
+        cfg = _benchmark_config(detector, config, weights, min_face_px, score_threshold, set_items)
         write_predictions(detector_from_config(cfg, device), images, predictions, ground_truth)
         results.update(detector=detector, weights=str(cfg.get("model", {}).get("weights")),
                        inference=cfg["inference"])

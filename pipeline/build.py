@@ -109,8 +109,8 @@ def build_embedder(name: str, weights: str | Path | None = None, device: str = "
 
 def fused_detector_config(name: str, entry: dict, min_face_px: float | None, calibrating: bool = False) -> dict:
     """The config of one of the fused detectors: its own config file with the pipeline's ``min_face_px`` (for a
-    detector that takes one; None: each detector's own), the entry's ``set`` items, and while fitting score calibration its
-    ``calibration_set`` (thresholds loose enough to make misses)."""
+    detector that takes one; None: each detector's own), the entry's ``set`` items, and while fitting score
+    calibration its ``calibration_set`` (thresholds loose enough to make misses)."""
     if name == FUSION or name not in DETECTORS:
         raise ConfigError(f"detection.detectors: unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
     config = entry["config"]

@@ -89,9 +89,10 @@ class PortraitBoxes:
 
     def _consensus(self, image: np.ndarray) -> list[float] | None:
         if self.detectors is None:
-            whole_photo = ["inference.min_face_px=null"]  # a portrait's face is large: no tiles
-            self.detectors = [build_detector(name, device=self.device, set_items=whole_photo + (
-                ["inference.score_threshold=0.5"] if name == "blazeface" else [])) for name in self.names]
+            # a portrait's face is large: BlazeFace looks at the whole photo once, at MediaPipe's threshold
+            whole_photo = {"blazeface": ["inference.min_face_px=null", "inference.score_threshold=0.5"]}
+            self.detectors = [build_detector(name, device=self.device, set_items=whole_photo.get(name, []))
+                              for name in self.names]
         x1, y1, x2, y2 = HEAD_CROP
         boxes = []
         for detector in self.detectors:

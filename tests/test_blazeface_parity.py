@@ -8,7 +8,7 @@ import torch
 
 from common.registry import build_model
 from detection.blazeface.mediapipe_import import MediaPipeImportError, load_mediapipe_weights, main
-from detection.blazeface.model import BlazeFace, fuse_batchnorm
+from detection.blazeface.model import BlazeFace, BlazeFaceFullRange, depth_to_space, fuse_batchnorm
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHORT_RANGE = SHARED / "models/mediapipe/face_detection_short_range.tflite"
@@ -58,22 +58,26 @@ def imported() -> BlazeFace:
     return _import_front().eval()
 
 
-@pytest.fixture(scope="module")
-def interpreter_outputs(photos):
-    """MediaPipe's TFLite interpreter on the photos, one image per invoke: (N, 896, 16), (N, 896)."""
+def _interpret(model_path: Path, photos: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """MediaPipe's TFLite interpreter on the photos, one image per invoke: (N, A, 16), (N, A)."""
     litert = pytest.importorskip("ai_edge_litert.interpreter")
-    interpreter = litert.Interpreter(model_path=str(SHORT_RANGE), num_threads=2)
+    interpreter = litert.Interpreter(model_path=str(model_path), num_threads=2)
     interpreter.allocate_tensors()
     input_index = interpreter.get_input_details()[0]["index"]
-    # The two outputs are told apart by shape: regressors (1, 896, 16), classificators (1, 896, 1).
+    # The two outputs are told apart by shape: regressors (1, A, 16), classificators (1, A, 1).
     outputs = {d["shape"][-1]: d["index"] for d in interpreter.get_output_details()}
     regressors, scores = [], []
     for image in photos.permute(0, 2, 3, 1).numpy():  # NHWC
         interpreter.set_tensor(input_index, image[None])
         interpreter.invoke()
-        regressors.append(interpreter.get_tensor(outputs[16])[0])  # (896, 16)
-        scores.append(interpreter.get_tensor(outputs[1])[0, :, 0])  # (896,)
+        regressors.append(interpreter.get_tensor(outputs[16])[0])  # (A, 16)
+        scores.append(interpreter.get_tensor(outputs[1])[0, :, 0])  # (A,)
     return np.stack(regressors), np.stack(scores)
+
+
+@pytest.fixture(scope="module")
+def interpreter_outputs(photos):
+    return _interpret(SHORT_RANGE, photos)
 
 
 def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
@@ -96,6 +100,34 @@ def test_imported_front_model_matches_tflite_interpreter(imported, photos, inter
     _assert_close(scores.numpy()[..., None], ref_scores[..., None], "raw scores")
     # The photos contain faces: the detector must fire somewhere, or the comparison is vacuous.
     assert (ref_scores > 0).any()
+
+
+@pytest.fixture(scope="module")
+def full_range():
+    pytest.importorskip("tflite", reason="the `tflite` flatbuffer parser is needed to read .tflite weights")
+    return load_mediapipe_weights(BlazeFaceFullRange(), _require(FULL_RANGE)).eval()
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["trainable", "bn_folded"])
+def test_imported_full_range_model_matches_tflite_interpreter(full_range, fused):
+    """The sparse fp16 weights (DENSIFY) expanded, the bottleneck blocks, the bilinear top-down path and the
+    depth-to-space heads reproduce the interpreter's raw outputs on real photos."""
+    photos = _load_photos(192)
+    ref_regressors, ref_scores = _interpret(FULL_RANGE, photos)
+    model = fuse_batchnorm(full_range) if fused else full_range
+    with torch.inference_mode():
+        regressors, scores = model(photos)
+    assert regressors.shape == (len(photos), 2304, 16) and scores.shape == (len(photos), 2304)
+    _assert_close(regressors.numpy(), ref_regressors, "raw regressors")
+    _assert_close(scores.numpy()[..., None], ref_scores[..., None], "raw scores")
+    assert (ref_scores > 0).sum() >= len(photos)  # it fires on these photos of faces
+
+
+def test_depth_to_space_is_tensorflows():
+    x = torch.arange(2 * 8 * 3 * 3, dtype=torch.float32).reshape(2, 8, 3, 3)  # (B, 4 · C, H, W), C = 2
+    tensorflow = x.permute(0, 2, 3, 1).reshape(2, 3, 3, 2, 2, 2)  # NHWC, channels as (i, j, c)
+    expected = tensorflow.permute(0, 1, 3, 2, 4, 5).reshape(2, 6, 6, 2).permute(0, 3, 1, 2)  # (B, C, 2H, 2W)
+    assert torch.equal(depth_to_space(x, 2), expected)
 
 
 def test_imported_batchnorm_is_exact_identity(imported):
@@ -158,12 +190,13 @@ def test_model_trains(photos):
     assert any(p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-@pytest.mark.parametrize("name,size", [("blazeface_front", 128), ("blazeface_back", 256)])
-def test_registered_variants_output_shapes(name, size):
+@pytest.mark.parametrize("name,size,anchors", [("blazeface_front", 128, 896), ("blazeface_back", 256, 896),
+                                               ("blazeface_full", 192, 2304)])
+def test_registered_variants_output_shapes(name, size, anchors):
     model = build_model(name).eval()
     with torch.inference_mode():
         regressors, scores = model(torch.zeros(2, 3, size, size))
-    assert regressors.shape == (2, 896, 16) and scores.shape == (2, 896)
+    assert regressors.shape == (2, anchors, 16) and scores.shape == (2, anchors)
     with pytest.raises(ValueError, match=f"expects \\(B, 3, {size}, {size}\\)"):
         model(torch.zeros(2, 3, size + 32, size + 32))
 
@@ -174,6 +207,8 @@ def test_import_rejects_other_architectures():
         load_mediapipe_weights(BlazeFace("back"), _require(SHORT_RANGE))
     with pytest.raises(MediaPipeImportError, match=FULL_RANGE.name):
         load_mediapipe_weights(BlazeFace("front"), _require(FULL_RANGE))
+    with pytest.raises(MediaPipeImportError, match="input shape"):
+        load_mediapipe_weights(BlazeFaceFullRange(), SHORT_RANGE)
     # Same input size, different head: caught by the per-conv shape check.
     with pytest.raises(MediaPipeImportError, match="head.reg_s8"):
         load_mediapipe_weights(BlazeFace("front", num_keypoints=5), SHORT_RANGE)
@@ -185,4 +220,13 @@ def test_convert_cli_writes_loadable_state_dict(imported, tmp_path):
     model = BlazeFace("front")
     model.load_state_dict(torch.load(out, weights_only=True))
     for key, value in imported.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_convert_cli_writes_the_full_range_model(full_range, tmp_path):
+    out = tmp_path / "blazeface_full.pth"
+    main(["--tflite", str(FULL_RANGE), "--out", str(out), "--variant", "full"])
+    model = BlazeFaceFullRange()
+    model.load_state_dict(torch.load(out, weights_only=True))
+    for key, value in full_range.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key

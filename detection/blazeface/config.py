@@ -10,7 +10,9 @@ BLAZEFACE_DEFAULTS = {
     "stage": "detection",
     "detector": "blazeface",
     # freeze_batchnorm: null = frozen when starting from weights (see BlazeFace.train), else trained
-    "model": {"variant": "front", "pretrained": False, "weights": None, "freeze_batchnorm": None},
+    # weights: null = the variant's file in mediapipe_weights (none for "back")
+    "model": {"variant": "front", "pretrained": False, "weights": None, "freeze_batchnorm": None,
+              "mediapipe_weights": {"front": None, "full": None}},
     "data": {"format": "auto", "train": None, "val": None, "root": None, "val_fraction": 0.2, "split_seed": 42,
              "augment": True, "augmentation": dict(DEFAULT_AUGMENTATION)},
     "loss": {"use_focal_loss": False, "focal_alpha": 0.25, "focal_gamma": 2.0, "detection_weight": 150.0,
@@ -20,16 +22,21 @@ BLAZEFACE_DEFAULTS = {
               "num_workers": 4, "device": "auto", "seed": 0, "amp": True, "checkpoint_every": 10},
     "eval": {"score_threshold": 0.05, "nms_iou": 0.3},
     # infer.py / evaluate.py on whole photos, tiled by the planner (common/tiling.py) down to min_face_px faces
-    # (null: the whole photo once); face_px: the face widths it finds at its 128-px input (16-112 px: one LFW face
-    # pasted on a wall at each width is found in 60 of 60 photos, 14 px: 56, 12 px: 29).
-    "inference": {"score_threshold": 0.75, "nms_iou": 0.3, "min_face_px": 20.0, "face_px": [16, 112]},
+    # (null: the whole photo once); face_px: the face widths it finds at its input (null: the variant's, measured:
+    # detection/blazeface/detector.py FACE_PX).
+    "inference": {"score_threshold": 0.75, "nms_iou": 0.3, "min_face_px": 20.0, "face_px": None},
     "output": {"checkpoint_dir": "checkpoints", "log_dir": "logs", "resume": None, "auto_resume": True},
 }
 
 
+def blazeface_weights(model: dict) -> str | None:
+    """``model.weights``, or without them the variant's MediaPipe file (``model.mediapipe_weights``)."""
+    return existing_path(model["weights"] or model["mediapipe_weights"].get(model["variant"]))
+
+
 def blazeface_from_config(cfg: dict, device: str) -> BlazeFaceDetector:
     """The photo detector a config describes (infer.py / evaluate.py)."""
-    return blazeface_detector(weights=existing_path(cfg["model"]["weights"]), variant=cfg["model"]["variant"],
+    return blazeface_detector(weights=blazeface_weights(cfg["model"]), variant=cfg["model"]["variant"],
                               device=device, **cfg["inference"])
 
 

@@ -14,7 +14,7 @@ from common.detections import Detections
 from common.registry import build_model
 from common.tiling import detect_on_passes, plan_passes
 from detection.blazeface.mediapipe_import import load_mediapipe_weights
-from detection.blazeface.model import BlazeFace, fuse_batchnorm
+from detection.blazeface.model import BlazeFace, BlazeFaceFullRange, fuse_batchnorm
 from detection.blazeface.postprocess import BlazeFacePostprocessor
 from detection.blazeface.targets import BlazeFaceAnchors
 from detection.data.dataset import letterbox
@@ -26,12 +26,19 @@ def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float() / 127.5 - 1.0
 
 
-def load_weights(model: BlazeFace, weights: str | Path) -> BlazeFace:
+# The face widths (px at the network's input) each variant finds: one LFW face pasted on a wall at each width is
+# found in 60 of 60 pictures (front, 128-px input: 56 at 14 px, 29 at 12 px; full, 192-px input: 51 at 8 px, 57 at
+# 112 px, 56 at 128 px). "back" has no published weights: front's range scaled to its 256-px input, not measured.
+FACE_PX = {"front": (16, 112), "full": (12, 96), "back": (32, 224)}
+
+
+def load_weights(model: BlazeFace | BlazeFaceFullRange, weights: str | Path) -> BlazeFace | BlazeFaceFullRange:
     """MediaPipe ``.tflite`` or a ``.pth`` checkpoint/state_dict of ours."""
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"BlazeFace weights not found: {path}. Pass --weights with a MediaPipe "
-                                "face_detection_short_range.tflite or a checkpoint written by train.py.")
+                                "face_detection_short_range.tflite (or, for model.variant full, "
+                                "face_detection_full_range_sparse.tflite) or a checkpoint written by train.py.")
     if path.suffix == ".tflite":
         return load_mediapipe_weights(model, path)
     model.load_state_dict(model_state_from_file(path))
@@ -39,21 +46,21 @@ def load_weights(model: BlazeFace, weights: str | Path) -> BlazeFace:
 
 
 class BlazeFaceDetector:
-    """``face_px``: the (smallest, largest) face width in px it finds at its input; ``min_face_px``: the smallest
-    face to find in a photo (the tile planner's passes, ``common.tiling.plan_passes``), None: the whole photo
-    once."""
+    """``face_px``: the (smallest, largest) face width in px it finds at its input (None: the variant's,
+    ``FACE_PX``); ``min_face_px``: the smallest face to find in a photo (the tile planner's passes,
+    ``common.tiling.plan_passes``), None: the whole photo once."""
 
-    def __init__(self, model: BlazeFace, variant: str, device: str | torch.device = "cpu",
+    def __init__(self, model: BlazeFace | BlazeFaceFullRange, variant: str, device: str | torch.device = "cpu",
                  score_threshold: float = 0.5, nms_iou: float = 0.3, batch_size: int = 64,
-                 min_face_px: float | None = None, face_px: Sequence[float] = (16, 112)):
+                 min_face_px: float | None = None, face_px: Sequence[float] | None = None):
         self.anchors = BlazeFaceAnchors(variant)
         self.device = torch.device(device)
         # channels_last roughly doubles CPU throughput of the depthwise/pointwise convs (bench/bench_blazeface.py)
         self.model = fuse_batchnorm(model.eval()).to(self.device, memory_format=torch.channels_last).eval()
         self.postprocess = BlazeFacePostprocessor(self.anchors, score_threshold, nms_iou)
         self.batch_size = batch_size
-        self.min_face_px, self.face_px = min_face_px, tuple(face_px)
-        plan_passes(self.anchors.input_size, self.anchors.input_size, min_face_px, face_px,
+        self.min_face_px, self.face_px = min_face_px, tuple(face_px or FACE_PX[variant])
+        plan_passes(self.anchors.input_size, self.anchors.input_size, min_face_px, self.face_px,
                     self.anchors.input_size)  # refuses a bad face_px or min_face_px now, not at the first photo
         self.nms_iou = nms_iou
 
@@ -89,9 +96,11 @@ class BlazeFaceDetector:
 
 def blazeface_detector(weights: str | Path | None = None, variant: str = "front", device: str = "cpu",
                        score_threshold: float = 0.5, nms_iou: float = 0.3, batch_size: int = 64,
-                       min_face_px: float | None = None, face_px: Sequence[float] = (16, 112)) -> BlazeFaceDetector:
+                       min_face_px: float | None = None, face_px: Sequence[float] | None = None
+                       ) -> BlazeFaceDetector:
     if weights is None:
-        raise ConfigError("BlazeFace needs weights: a MediaPipe face_detection_short_range.tflite (see README) "
-                         "or a checkpoint from train.py --stage detection")
+        raise ConfigError(f"BlazeFace {variant!r} needs weights: a MediaPipe .tflite (model.mediapipe_weights of "
+                          "configs/detection_blazeface.yaml, see README) or a checkpoint from train.py --stage "
+                          "detection")
     model = load_weights(build_model(f"blazeface_{variant}"), weights)
     return BlazeFaceDetector(model, variant, device, score_threshold, nms_iou, batch_size, min_face_px, face_px)

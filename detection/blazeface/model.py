@@ -1,4 +1,6 @@
-"""Trainable BlazeFace (MediaPipe short-range "front" and back-camera "back" layouts).
+"""Trainable BlazeFace: MediaPipe's short-range "front" and back-camera "back" layouts (``BlazeFace``) and the
+full-range model (``BlazeFaceFullRange``, "full": 192-px input, bottleneck blocks, a bilinear top-down path, one
+48×48 level of 2,304 anchors).
 
 MediaPipe ships BlazeFace as TFLite graphs with batch norm folded into the convolutions. Here every
 backbone conv is followed by a real ``nn.BatchNorm2d`` so the network trains; ``fuse_batchnorm`` folds
@@ -84,17 +86,18 @@ def _tf_same_padding(size: int, kernel_size: int, stride: int) -> Tuple[int, int
 
 
 class ConvBN(nn.Module):
-    """Conv (no bias) + BatchNorm with TFLite 'SAME' padding. No activation."""
+    """Conv (no bias) + BatchNorm with TFLite 'SAME' padding, or (``symmetric``) the same padding on every side,
+    as the full-range graph's explicit PAD ops give. No activation."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1):
+                 groups: int = 1, symmetric: bool = False):
         super().__init__()
         self.kernel_size = kernel_size
-        self.stride = stride
+        self.stride = 1 if symmetric else stride  # the stride left to ``forward``'s 'SAME' padding
         # With stride 1 and an odd kernel 'SAME' is symmetric and the conv pads by itself; strided
         # convs are padded in forward (the amounts depend on the input size).
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                              kernel_size // 2 if stride == 1 else 0,
+                              kernel_size // 2 if stride == 1 or symmetric else 0,
                               groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
 
@@ -173,7 +176,19 @@ class BlazeHead(nn.Module):
         return regressors, scores
 
 
-class BlazeFace(nn.Module):
+class FrozenBatchNorm:
+    """``train()`` that keeps batch norm in inference mode when the network's ``freeze_batchnorm`` is set."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
+
+
+class BlazeFace(FrozenBatchNorm, nn.Module):
     """BlazeFace detector network.
 
     ``forward(x)``: ``x`` is ``(B, 3, S, S)`` float in [-1, 1] (``pixel / 127.5 - 1``), ``S`` = 128
@@ -213,14 +228,6 @@ class BlazeFace(nn.Module):
         for conv in (self.head.cls_s8, self.head.cls_s16):
             nn.init.constant_(conv.bias, prior_logit)
 
-    def train(self, mode: bool = True) -> "BlazeFace":
-        super().train(mode)
-        if mode and self.freeze_batchnorm:
-            for module in self.modules():
-                if isinstance(module, nn.BatchNorm2d):
-                    module.eval()
-        return self
-
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != self.input_size or x.shape[3] != self.input_size:
             raise ValueError(
@@ -250,3 +257,147 @@ def blazeface_front(num_keypoints: int = 6, freeze_batchnorm: bool = False) -> B
 @register_model("blazeface_back")
 def blazeface_back(num_keypoints: int = 6, freeze_batchnorm: bool = False) -> BlazeFace:
     return BlazeFace("back", num_keypoints=num_keypoints, freeze_batchnorm=freeze_batchnorm)
+
+
+# ------------------------------------------------------------------------------------------- full range
+
+
+class SeparableConv(nn.Module):
+    """Depthwise 3x3 (stride 1 or 2, padded 1 on every side) then pointwise 1x1, each with batch norm; ReLU after
+    when ``relu``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, relu: bool = True):
+        super().__init__()
+        self.dw = ConvBN(in_channels, in_channels, 3, stride, groups=in_channels, symmetric=True)
+        self.pw = ConvBN(in_channels, out_channels, 1)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pw(self.dw(x))
+        return F.relu(x) if self.relu else x
+
+
+class Bottleneck(nn.Module):
+    """Residual bottleneck of the full-range model: ``relu(x + sep(hidden → C)(sep(C → hidden, relu)(x)))``."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.reduce = SeparableConv(channels, hidden)
+        self.expand = SeparableConv(hidden, channels, relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.expand(self.reduce(x)))
+
+
+class FullRangeStage(nn.Module):
+    """Halve the map (separable convs C_in → hidden at stride 2, hidden → C_out), then ``blocks`` bottlenecks."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, blocks: int):
+        super().__init__()
+        self.down = nn.Sequential(SeparableConv(in_channels, hidden, stride=2), SeparableConv(hidden, out_channels))
+        self.blocks = nn.Sequential(*(Bottleneck(out_channels, hidden) for _ in range(blocks)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.down(x))
+
+
+class PointwiseReLU(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = ConvBN(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(x))
+
+
+def depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
+    """TensorFlow's DEPTH_TO_SPACE on NCHW: (B, block² · C, H, W) → (B, C, H · block, W · block), channel
+    ``(i · block + j) · C + c`` going to output pixel (block · h + i, block · w + j) of channel c (PyTorch's
+    ``pixel_shuffle`` orders the channels the other way round)."""
+    batch, channels, height, width = x.shape
+    out_channels = channels // (block * block)
+    x = x.view(batch, block, block, out_channels, height, width)  # (B, i, j, C, H, W)
+    return x.permute(0, 3, 4, 1, 5, 2).reshape(batch, out_channels, height * block, width * block)
+
+
+class FullRangeHead(nn.Module):
+    """1x1 conv to 4 · ``values`` channels, depthwise 3x3 at stride 2, depth-to-space ×2: ``values`` per cell of the
+    48×48 map (plain convs with bias, as in MediaPipe)."""
+
+    def __init__(self, in_channels: int, values: int):
+        super().__init__()
+        self.pw = nn.Conv2d(in_channels, 4 * values, 1)
+        self.dw = nn.Conv2d(4 * values, 4 * values, 3, 2, 1, groups=4 * values)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depth_to_space(self.dw(self.pw(x)), 2)  # (B, values, 48, 48)
+
+
+class BlazeFaceFullRange(FrozenBatchNorm, nn.Module):
+    """MediaPipe's full-range face detector (``face_detection_full_range_sparse.tflite``) as a trainable network.
+
+    ``forward(x)``: ``x`` is ``(B, 3, 192, 192)`` float in [-1, 1]. Returns ``(raw_regressors (B, 2304, 16),
+    raw_scores (B, 2304))``, anchors in row-major order of the 48×48 map (stride 4, one anchor per cell).
+    Backbone 96 → 48 → 24 → 12 → 6 px maps of bottleneck blocks; a top-down path upsamples bilinearly (half-pixel
+    centres) and adds 1x1 laterals of the 48/24/12 maps.
+    """
+
+    output_names = ("regressors", "scores")
+    variant = "full"
+    input_size = 192
+
+    def __init__(self, num_keypoints: int = 6, freeze_batchnorm: bool = False):
+        super().__init__()
+        self.freeze_batchnorm = freeze_batchnorm
+        self.num_keypoints = num_keypoints
+        self.num_coords = 4 + 2 * num_keypoints
+        self.num_anchors = (self.input_size // 4) ** 2
+        self.stem = ConvBN(3, 32, 3, 2, symmetric=True)
+        self.stage96 = nn.Sequential(Bottleneck(32, 8), Bottleneck(32, 8))
+        self.stage48 = FullRangeStage(32, 16, 64, 2)
+        self.lateral48 = PointwiseReLU(64, 48)
+        self.stage24 = FullRangeStage(64, 32, 128, 2)
+        self.lateral24 = PointwiseReLU(128, 64)
+        self.stage12 = FullRangeStage(128, 48, 192, 2)
+        self.lateral12 = PointwiseReLU(192, 96)
+        self.stage6 = FullRangeStage(192, 96, 384, 3)
+        self.top6 = PointwiseReLU(384, 96)
+        self.up12 = nn.Sequential(Bottleneck(96, 48), Bottleneck(96, 48))
+        self.reduce12 = PointwiseReLU(96, 64)
+        self.up24 = nn.Sequential(Bottleneck(64, 32), Bottleneck(64, 32))
+        self.reduce24 = PointwiseReLU(64, 48)
+        self.up48 = Bottleneck(48, 24)
+        self.cls = FullRangeHead(48, 1)
+        self.reg = FullRangeHead(48, self.num_coords)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        for head in (self.cls, self.reg):
+            for conv in (head.pw, head.dw):
+                nn.init.normal_(conv.weight, std=0.01)
+                nn.init.zeros_(conv.bias)
+        nn.init.constant_(self.cls.dw.bias, -math.log((1 - _CLASSIFIER_PRIOR) / _CLASSIFIER_PRIOR))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if x.dim() != 4 or x.shape[1:] != (3, self.input_size, self.input_size):
+            raise ValueError(f"BlazeFace[full] expects (B, 3, 192, 192) images in [-1, 1], got {tuple(x.shape)}")
+        c96 = self.stage96(F.relu(self.stem(x)))  # (B, 32, 96, 96)
+        c48 = self.stage48(c96)  # (B, 64, 48, 48)
+        lateral48 = self.lateral48(c48)  # (B, 48, 48, 48)
+        c24 = self.stage24(c48)  # (B, 128, 24, 24)
+        lateral24 = self.lateral24(c24)  # (B, 64, 24, 24)
+        c12 = self.stage12(c24)  # (B, 192, 12, 12)
+        lateral12 = self.lateral12(c12)  # (B, 96, 12, 12)
+        top = self.top6(self.stage6(c12))  # (B, 96, 6, 6)
+        p12 = self.reduce12(self.up12(F.interpolate(top, scale_factor=2, mode="bilinear") + lateral12))  # (B, 64, ...)
+        p24 = self.reduce24(self.up24(F.interpolate(p12, scale_factor=2, mode="bilinear") + lateral24))  # (B, 48, ...)
+        p48 = self.up48(F.interpolate(p24, scale_factor=2, mode="bilinear") + lateral48)  # (B, 48, 48, 48)
+        batch = x.shape[0]
+        scores = self.cls(p48).reshape(batch, -1)  # (B, 2304)
+        regressors = self.reg(p48).permute(0, 2, 3, 1).reshape(batch, -1, self.num_coords)  # (B, 2304, 16)
+        return regressors, scores
+
+
+@register_model("blazeface_full")
+def blazeface_full(num_keypoints: int = 6, freeze_batchnorm: bool = False) -> BlazeFaceFullRange:
+    return BlazeFaceFullRange(num_keypoints=num_keypoints, freeze_batchnorm=freeze_batchnorm)

@@ -7,6 +7,7 @@ import torch
 from common.config import ConfigError, existing_path
 from common.engine import init_distributed, resolve_device
 from common.registry import build_model
+from detection.blazeface.config import blazeface_weights
 from detection.blazeface.detector import load_weights, normalize
 from detection.blazeface.loss import BlazeFaceLoss, anchor_metrics
 from detection.blazeface.postprocess import BlazeFacePostprocessor
@@ -67,13 +68,15 @@ def run_blazeface_training(cfg: dict) -> list[dict]:
     init_distributed(device)
     torch.manual_seed(cfg["train"]["seed"])
     variant = cfg["model"]["variant"]
-    from_weights = bool(cfg["model"]["pretrained"] or cfg["model"]["weights"])
-    if cfg["model"]["pretrained"] and not cfg["model"]["weights"]:
-        raise ConfigError("model.pretrained needs model.weights (the MediaPipe .tflite) or --weights")
+    weights = blazeface_weights(cfg["model"]) if cfg["model"]["pretrained"] else existing_path(cfg["model"]["weights"])
+    from_weights = weights is not None
+    if cfg["model"]["pretrained"] and weights is None:
+        raise ConfigError(f"model.pretrained: BlazeFace {variant!r} has no published weights; set model.weights "
+                          "or --weights")
     freeze = cfg["model"]["freeze_batchnorm"]
     model = build_model(f"blazeface_{variant}", freeze_batchnorm=from_weights if freeze is None else bool(freeze))
     if from_weights:
-        load_weights(model, existing_path(cfg["model"]["weights"]))
+        load_weights(model, weights)
     train_set, val_set = load_datasets(cfg, BlazeFaceAnchors(variant).input_size)
     task = BlazeFaceTask(cfg, device)
     return fit_detector(model, task, train_set, val_set, cfg, "BlazeFace", device)
