@@ -8,6 +8,8 @@ the recall-by-face-size curve come from them.
 - ``fusion_report.json``: the default fused detector (``configs/pipeline.yaml``), with its members' own figures on
   their calibrated scores at the fusion's threshold;
 - ``retinaface_report.json``: RetinaFace alone, tiles planned down to 20-px faces, at its own threshold;
+- ``blazeface_front_report.json`` / ``blazeface_full_report.json``: BlazeFace alone with its config's defaults
+  (tiles planned down to 20-px faces, score 0.75), short range and full range;
 - ``blind_*.json``: the fusion with BlazeFace on the whole photo only (no tiles: blind to every face of these
   photos), its calibration fitted on the tune split as the detection stage does, once with abstention
   (``competent_recall`` 0.5, the default) and once without (0: every detector counts everywhere);
@@ -78,8 +80,11 @@ def run_passes(results: Path) -> None:
     """Passes, tiles and input megapixels the planner gives each detector at 1080p and 4K, and seconds per
     report photo of that size."""
     items = load_benchmark(generate_groups(groups_config(), "report"))
-    detectors = {name: build_detector(name, set_items=["inference.min_face_px=20"])
-                 for name in ("blazeface", "retinaface", "mtcnn")}
+    detectors = {"blazeface": build_detector("blazeface", set_items=["inference.min_face_px=20"]),
+                 "blazeface full range": build_detector("blazeface", set_items=["inference.min_face_px=20",
+                                                                                 "model.variant=full"]),
+                 "retinaface": build_detector("retinaface", set_items=["inference.min_face_px=20"]),
+                 "mtcnn": build_detector("mtcnn", set_items=["inference.min_face_px=20"])}
     figures = {}
     for width, height in SIZES:
         photos = [read_image(item["image_path"]) for item in items if f"_{width}x{height}." in item["image_path"].name]
@@ -91,12 +96,14 @@ def run_passes(results: Path) -> None:
                 seconds.append(time.perf_counter() - start)
             row = {"photos": len(photos), "seconds_per_photo": round(statistics.median(seconds), 2)}
             if name != "mtcnn":  # MTCNN does not tile: its image pyramid covers every face size
-                passes = plan_passes(height, width, 20, detector.face_px, getattr(detector, "max_input_side", 128))
-                row.update(passes=len(passes), tiles=[len(p.tiles) for p in passes],
-                           scales=[round(p.scale, 3) for p in passes],
-                           input_megapixels=round(sum(len(p.tiles) * min(getattr(detector, "max_input_side", 128),
-                                                                          p.scale * width) ** 2
-                                                      for p in passes) / 1e6, 1))
+                fixed_input = not hasattr(detector, "max_input_side")  # BlazeFace letterboxes every tile
+                side = detector.anchors.input_size if fixed_input else detector.max_input_side
+                passes = plan_passes(height, width, 20, detector.face_px, side)
+                pixels = sum(side * side if fixed_input else (x2 - x1) * (y2 - y1) * look.scale ** 2
+                             for look in passes for x1, y1, x2, y2 in look.tiles)
+                row.update(passes=len(passes), tiles=[len(look.tiles) for look in passes],
+                           scales=[round(look.scale, 3) for look in passes],
+                           input_megapixels=round(pixels / 1e6, 1))
             figures[f"{name} {width}x{height}"] = row
             print(name, width, height, row)
     (results / "passes.json").write_text(json.dumps(figures, indent=1), encoding="utf-8")
@@ -108,6 +115,10 @@ def run_missing(results: Path) -> None:
         _evaluate(results / "fusion_report.json", ["--detector", "fusion"])
     if not (results / "retinaface_report.json").is_file():
         _evaluate(results / "retinaface_report.json", ["--detector", "retinaface", "--min-face-px", "20"])
+    for variant in ("front", "full"):
+        if not (results / f"blazeface_{variant}_report.json").is_file():
+            _evaluate(results / f"blazeface_{variant}_report.json",
+                      ["--detector", "blazeface", "--set", f"model.variant={variant}"])
     run_blind(results)
     if not (results / "passes.json").is_file():
         run_passes(results)
@@ -116,11 +127,16 @@ def run_missing(results: Path) -> None:
 def series(results: Path) -> dict[str, dict]:
     """Column name → figures (``ap50``, ``operating_point``, ``by_face_px``) of every single detector and the
     fusion, from the stored reports."""
-    fusion = json.loads((results / "fusion_report.json").read_text(encoding="utf-8"))
-    retinaface = json.loads((results / "retinaface_report.json").read_text(encoding="utf-8"))
+    def load(name: str) -> dict:
+        return json.loads((results / f"{name}_report.json").read_text(encoding="utf-8"))
+
+    fusion = load("fusion")
     threshold = fusion["operating_point"]["score_threshold"]
     columns = {f"{name} (calibrated, ≥ {threshold})": figures for name, figures in fusion["members"].items()}
-    columns[f"retinaface (≥ {retinaface['operating_point']['score_threshold']})"] = retinaface
+    for name, label in (("blazeface_front", "BlazeFace short range"), ("blazeface_full", "BlazeFace full range"),
+                        ("retinaface", "RetinaFace")):
+        report = load(name)
+        columns[f"{label} alone (≥ {report['operating_point']['score_threshold']})"] = report
     columns[f"fusion {'+'.join(fusion['members'])} (default, ≥ {threshold})"] = fusion
     return columns
 
@@ -151,7 +167,7 @@ def markdown(results: Path) -> str:
     passes = json.loads((results / "passes.json").read_text(encoding="utf-8"))
     lines += ["", "| detector, photo | passes (tiles each) | input megapixels | seconds per photo |",
               "|---|---|---|---|"]
-    for key, row in passes.items():
+    for key, row in passes.items():  # detector, photo size
         shape = (f"{row['passes']} ({', '.join(map(str, row['tiles']))})" if "passes" in row
                  else "image pyramid (no tiles)")
         lines.append(f"| {key} | {shape} | {row.get('input_megapixels', '')} | {row['seconds_per_photo']} |")

@@ -31,12 +31,14 @@ METHODS = ("nms", "soft_nms", "wbf")
 @dataclass
 class FusionSettings:
     """``method``: nms | soft_nms | wbf. ``iou``: overlap that makes two boxes the same face. ``weights``: per
-    source (default 1 each). ``min_votes``: distinct sources that must agree. ``soft_nms_method``: linear |
+    source (default 1 each). ``landmark_weights``: per source, its share in a fused face's landmarks (wbf; default
+    ``weights``; 0: its landmarks count only where no other source saw the face). ``min_votes``: distinct sources that must agree. ``soft_nms_method``: linear |
     gaussian, ``soft_nms_sigma`` for gaussian. ``score_threshold``: fused faces scoring less are dropped."""
 
     method: str = "wbf"
     iou: float = 0.5
     weights: Sequence[float] | None = None
+    landmark_weights: Sequence[float] | None = None
     min_votes: int = 1
     soft_nms_method: str = "gaussian"
     soft_nms_sigma: float = 0.5
@@ -107,6 +109,8 @@ def _wbf(faces: Detections, sources: torch.Tensor, settings: FusionSettings, num
          ) -> tuple[Detections, torch.Tensor]:
     weights = (torch.ones(num_sources) if settings.weights is None
                else torch.tensor(settings.weights, dtype=torch.float32))
+    landmark_weights = (weights if settings.landmark_weights is None
+                        else torch.tensor(settings.landmark_weights, dtype=torch.float32))
     order = torch.argsort(faces.scores, descending=True)
     members: list[list[int]] = []
     fused_boxes = torch.zeros(0, 4)
@@ -136,7 +140,9 @@ def _wbf(faces: Detections, sources: torch.Tensor, settings: FusionSettings, num
         if competent is None:
             counted[:] = True
         boxes.append(box)
-        landmarks.append((faces.landmarks[cluster] * mass[:, None, None]).sum(0))
+        landmark_mass = landmark_weights[sources[cluster]] * faces.scores[cluster]
+        landmark_mass = mass if landmark_mass.sum() <= 0 else landmark_mass / landmark_mass.sum()
+        landmarks.append((faces.landmarks[cluster] * landmark_mass[:, None, None]).sum(0))
         scores.append((weights * best_per_source)[counted].sum() / weights[counted].sum())
         votes.append(len(sources[cluster].unique()))
     if not boxes:
@@ -151,8 +157,9 @@ def fuse(parts: Sequence[Detections], settings: FusionSettings,
          ) -> tuple[Detections, torch.Tensor]:
     """One ``Detections`` (by decreasing score) and the votes of each face, from one ``Detections`` per source;
     ``competent``: per source, (N,) face widths → (N,) whether it can find faces that wide (None: everywhere)."""
-    if settings.weights is not None and len(settings.weights) != len(parts):
-        raise ConfigError(f"{len(settings.weights)} fusion weights for {len(parts)} sources")
+    for name, values in (("weights", settings.weights), ("landmark weights", settings.landmark_weights)):
+        if values is not None and len(values) != len(parts):
+            raise ConfigError(f"{len(values)} fusion {name} for {len(parts)} sources")
     faces, sources = _stack(parts) if parts else (Detections.empty(), torch.zeros(0, dtype=torch.int64))
     if not len(faces):
         return faces, torch.zeros(0, dtype=torch.int64)

@@ -151,9 +151,10 @@ def route_small_faces(embedder: Embedder | FusedEmbedder, section: dict, device:
     return FusedEmbedder(routed, embedder.shares) if isinstance(embedder, FusedEmbedder) else routed[0]
 
 
-def fusion_settings(cfg: dict, weights: list[float] | None = None) -> FusionSettings:
+def fusion_settings(cfg: dict, weights: list[float] | None = None,
+                    landmark_weights: list[float] | None = None) -> FusionSettings:
     section = {key: value for key, value in cfg["detection"]["fusion"].items() if key != "competent_recall"}
-    return FusionSettings(**section, weights=weights)
+    return FusionSettings(**section, weights=weights, landmark_weights=landmark_weights)
 
 
 def fusion_from_config(cfg: dict, device: str) -> FusionDetector:
@@ -164,7 +165,8 @@ def fusion_from_config(cfg: dict, device: str) -> FusionDetector:
                  for name, entry in entries.items()}
     calibrators = {name: ScoreCalibrator.load(project_path(entry["calibration"]))
                    for name, entry in entries.items() if entry["calibration"]}
-    settings = fusion_settings(cfg, [entry["weight"] for entry in entries.values()])
+    settings = fusion_settings(cfg, [entry["weight"] for entry in entries.values()],
+                               [entry["landmark_weight"] for entry in entries.values()])
     return FusionDetector(detectors, settings, calibrators, inference["score_threshold"],
                           cfg["detection"]["fusion"]["competent_recall"])
 

@@ -12,7 +12,7 @@ from common.registry import DETECTORS
 PIPELINE_CONFIG = PROJECT_ROOT / "configs" / "pipeline.yaml"
 FUSION = "fusion"  # the detector name of several detectors merged (the pipeline config's detection section)
 
-DETECTOR_ENTRY = {"config": None, "set": [], "weight": 1.0, "calibration": None}
+DETECTOR_ENTRY = {"config": None, "set": [], "weight": 1.0, "landmark_weight": 1.0, "calibration": None}
 PIPELINE_DEFAULTS = {
     "stage": "all",
     "detector": FUSION,

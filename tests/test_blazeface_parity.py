@@ -75,11 +75,6 @@ def _interpret(model_path: Path, photos: torch.Tensor) -> tuple[np.ndarray, np.n
     return np.stack(regressors), np.stack(scores)
 
 
-@pytest.fixture(scope="module")
-def interpreter_outputs(photos):
-    return _interpret(SHORT_RANGE, photos)
-
-
 def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
     """``ours``/``ref``: (N, 896, C) per-anchor outputs (C = 16 regressors, or 1 score)."""
     err = np.abs(ours - ref)
@@ -89,19 +84,6 @@ def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
     )
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["trainable", "bn_folded"])
-def test_imported_front_model_matches_tflite_interpreter(imported, photos, interpreter_outputs, fused):
-    ref_regressors, ref_scores = interpreter_outputs
-    model = fuse_batchnorm(imported) if fused else imported
-    with torch.inference_mode():
-        regressors, scores = model(photos)
-    assert regressors.shape == (len(photos), 896, 16) and scores.shape == (len(photos), 896)
-    _assert_close(regressors.numpy(), ref_regressors, "raw regressors")
-    _assert_close(scores.numpy()[..., None], ref_scores[..., None], "raw scores")
-    # The photos contain faces: the detector must fire somewhere, or the comparison is vacuous.
-    assert (ref_scores > 0).any()
-
-
 @pytest.fixture(scope="module")
 def full_range():
     pytest.importorskip("tflite", reason="the `tflite` flatbuffer parser is needed to read .tflite weights")
@@ -109,18 +91,22 @@ def full_range():
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["trainable", "bn_folded"])
-def test_imported_full_range_model_matches_tflite_interpreter(full_range, fused):
-    """The sparse fp16 weights (DENSIFY) expanded, the bottleneck blocks, the bilinear top-down path and the
-    depth-to-space heads reproduce the interpreter's raw outputs on real photos."""
-    photos = _load_photos(192)
-    ref_regressors, ref_scores = _interpret(FULL_RANGE, photos)
-    model = fuse_batchnorm(full_range) if fused else full_range
+@pytest.mark.parametrize("variant, tflite, size, anchors", [("front", SHORT_RANGE, 128, 896),
+                                                            ("full", FULL_RANGE, 192, 2304)])
+def test_imported_model_matches_tflite_interpreter(request, variant, tflite, size, anchors, fused):
+    """Short range; and full range, its sparse fp16 weights (DENSIFY) expanded, its bottleneck blocks, bilinear
+    top-down path and depth-to-space heads: the interpreter's raw outputs on real photos."""
+    imported = request.getfixturevalue("imported" if variant == "front" else "full_range")
+    photos = _load_photos(size)
+    ref_regressors, ref_scores = _interpret(tflite, photos)
+    model = fuse_batchnorm(imported) if fused else imported
     with torch.inference_mode():
         regressors, scores = model(photos)
-    assert regressors.shape == (len(photos), 2304, 16) and scores.shape == (len(photos), 2304)
+    assert regressors.shape == (len(photos), anchors, 16) and scores.shape == (len(photos), anchors)
     _assert_close(regressors.numpy(), ref_regressors, "raw regressors")
     _assert_close(scores.numpy()[..., None], ref_scores[..., None], "raw scores")
-    assert (ref_scores > 0).sum() >= len(photos)  # it fires on these photos of faces
+    # The photos contain faces: the detector must fire on them, or the comparison is vacuous.
+    assert (ref_scores > 0).sum() >= len(photos) // 2
 
 
 def test_depth_to_space_is_tensorflows():

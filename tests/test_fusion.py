@@ -102,6 +102,20 @@ def test_a_detector_abstains_at_face_sizes_it_cannot_find():
     assert sorted(counted.scores.tolist()) == pytest.approx([0.45, 0.7])  # without: absence is a vote against
 
 
+def test_landmark_weights_choose_whose_landmarks_a_fused_face_gets():
+    measured = faces([[0, 0, 40, 40]], [0.6], landmark_offset=0.0)
+    estimated = faces([[0, 0, 40, 40], [100, 0, 140, 40]], [0.9, 0.9], landmark_offset=8.0)
+    fused, _ = fuse([estimated, measured], FusionSettings("wbf", 0.5, landmark_weights=[0.0, 1.0]))
+    by_x = fused[torch.argsort(fused.boxes[:, 0])]
+    # the face both saw takes the measured landmarks alone; the face only the other saw keeps its own
+    assert torch.equal(by_x.landmarks[0], measured.landmarks[0])
+    assert torch.equal(by_x.landmarks[1], estimated.landmarks[1])
+    averaged, _ = fuse([estimated, measured], FusionSettings("wbf", 0.5))
+    assert not torch.equal(averaged[torch.argsort(averaged.boxes[:, 0])].landmarks[0], measured.landmarks[0])
+    with pytest.raises(ConfigError, match="1 fusion landmark weights for 2 sources"):
+        fuse([estimated, measured], FusionSettings("wbf", landmark_weights=[1.0]))
+
+
 def test_calibration_by_face_size_fits_each_bin_and_records_where_the_detector_is_competent():
     rng = np.random.default_rng(0)
     widths = np.concatenate([rng.uniform(10, 20, 200), rng.uniform(40, 80, 200)])
