@@ -36,6 +36,20 @@ def test_evaluate_dlib_testing_ap(tmp_path, weights):
     whole = run("evaluate.py", "--benchmark", "detection", "--weights", str(weights), "--data", str(xml),
                 "--min-face-px", "none", "--out", str(tmp_path / "whole.json"))
     assert json.loads((tmp_path / "whole.json").read_text())["ap50"] < 0.5, whole.stdout
+    # the full-range model (192 px, faces down to 12 px of it) finds them on the whole photo
+    full = run("evaluate.py", "--benchmark", "detection", "--set", "model.variant=full", "--data", str(xml),
+               "--min-face-px", "none", "--out", str(tmp_path / "full.json"))
+    assert json.loads((tmp_path / "full.json").read_text())["ap50"] >= 0.99, full.stdout + full.stderr
+
+
+def test_infer_takes_the_full_range_model_by_set(tmp_path):
+    pytest.importorskip("tflite")
+    photo = shared_path("data", "faces_in_photos", "compreface", "010_2.jpg")
+    out = tmp_path / "dets.json"
+    result = run("infer.py", "--detector", "blazeface", "--set", "model.variant=full", "--input", str(photo),
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert [len(faces) for faces in json.loads(out.read_text()).values()] == [2]
 
 
 @pytest.mark.slow
