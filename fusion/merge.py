@@ -32,8 +32,9 @@ METHODS = ("nms", "soft_nms", "wbf")
 class FusionSettings:
     """``method``: nms | soft_nms | wbf. ``iou``: overlap that makes two boxes the same face. ``weights``: per
     source (default 1 each). ``landmark_weights``: per source, its share in a fused face's landmarks (wbf; default
-    ``weights``; 0: its landmarks count only where no other source saw the face). ``min_votes``: distinct sources that must agree. ``soft_nms_method``: linear |
-    gaussian, ``soft_nms_sigma`` for gaussian. ``score_threshold``: fused faces scoring less are dropped."""
+    ``weights``; 0: its landmarks count only where no other source saw the face). ``min_votes``: distinct sources
+    that must agree. ``soft_nms_method``: linear | gaussian, ``soft_nms_sigma`` for gaussian. ``score_threshold``:
+    fused faces scoring less are dropped."""
 
     method: str = "wbf"
     iou: float = 0.5
