@@ -33,7 +33,7 @@ def crops_csv(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant, epochs", [("front", 120), ("full", 60)])
+@pytest.mark.parametrize("variant, epochs", [("front", 120), ("full", 120)])
 def test_overfit_a_few_real_photos(tmp_path, crops_csv, variant, epochs):
     """From scratch, each network learns the crops it sees: the loss falls and AP rises. "full" is the full-range
     network (192 px, one 48×48 level of 2,304 anchors)."""

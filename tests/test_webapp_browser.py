@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, shared_path
-from tests.test_webapp import ENROLLED, lfw_class_photo, shipped_floor
+from tests.test_webapp import ENROLLED, enrolment_photos, lfw_class_photo, shipped_floor
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -128,7 +128,7 @@ def test_a_teacher_enrols_marks_corrects_and_exports_in_chromium(tmp_path, lfw, 
     (uploads / "notes.txt").write_text("homework, not a photo")
     for name in ENROLLED:
         photos = []
-        for number in (1, 2):
+        for number in enrolment_photos(name):
             photos.append(uploads / f"{name}_{number}.jpg")
             shutil.copy(lfw / name / f"{name}_{number:04d}.jpg", photos[-1])
         if name == ENROLLED[0]:
