@@ -26,8 +26,10 @@ class PrecisionRecall:
         return float(self.precision[kept - 1]), float(self.recall[kept - 1])
 
 
-def match_image(pred_boxes, pred_scores, gt_boxes, gt_ignore=None, iou_threshold: float = 0.5):
-    """Greedy VOC matching in score order → (scores, is_true_positive) of the detections that count.
+def matched_detections(pred_boxes, pred_scores, gt_boxes, gt_ignore=None, iou_threshold: float = 0.5
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy VOC matching in score order → (index, is_true_positive) of the detections that count, ``index``
+    into the given detections.
 
     A detection whose best face is an ``ignore`` face is dropped (neither true nor false positive);
     a face can be claimed once, later detections of it are false positives.
@@ -37,35 +39,40 @@ def match_image(pred_boxes, pred_scores, gt_boxes, gt_ignore=None, iou_threshold
     ignore = (torch.zeros(len(gt_boxes), dtype=torch.bool) if gt_ignore is None
               else torch.as_tensor(gt_ignore, dtype=torch.bool).reshape(-1))
     order = torch.argsort(pred_scores, descending=True)
-    pred_boxes, pred_scores = pred_boxes[order], pred_scores[order]
     if len(gt_boxes) == 0:
-        return pred_scores.numpy(), np.zeros(len(pred_scores), dtype=bool)
-    iou = box_iou(pred_boxes, gt_boxes)  # (P, G)
+        return order.numpy(), np.zeros(len(order), dtype=bool)
+    iou = box_iou(pred_boxes[order], gt_boxes)  # (P, G)
     claimed = torch.zeros(len(gt_boxes), dtype=torch.bool)
-    kept_scores, true_positive = [], []
-    for i in range(len(pred_boxes)):
-        best_iou, best = (iou[i].max(0) if iou.shape[1] else (torch.tensor(0.0), torch.tensor(0)))
+    kept, true_positive = [], []
+    for i in range(len(order)):
+        best_iou, best = iou[i].max(0)
         if best_iou >= iou_threshold and ignore[best]:
             continue
         hit = bool(best_iou >= iou_threshold and not claimed[best])
         if hit:
             claimed[best] = True
-        kept_scores.append(float(pred_scores[i]))
+        kept.append(int(order[i]))
         true_positive.append(hit)
-    return np.asarray(kept_scores, dtype=np.float32), np.asarray(true_positive, dtype=bool)
+    return np.asarray(kept, dtype=np.int64), np.asarray(true_positive, dtype=bool)
 
 
-def match_image_points(pred_boxes, pred_scores, gt_points):
-    """Like ``match_image`` for faces annotated by one point (a nose): in score order, a detection is a hit when
-    its box contains a point not yet claimed (the one nearest the box centre)."""
+def match_image(pred_boxes, pred_scores, gt_boxes, gt_ignore=None, iou_threshold: float = 0.5):
+    """``matched_detections`` → (scores, is_true_positive) of the detections that count, in score order."""
+    index, true_positive = matched_detections(pred_boxes, pred_scores, gt_boxes, gt_ignore, iou_threshold)
+    scores = torch.as_tensor(pred_scores, dtype=torch.float32).reshape(-1).numpy()
+    return scores[index], true_positive
+
+
+def matched_points(pred_boxes, pred_scores, gt_points) -> tuple[np.ndarray, np.ndarray]:
+    """Like ``matched_detections`` for faces annotated by one point (a nose): in score order, a detection is a hit
+    when its box contains a point not yet claimed (the one nearest the box centre). → (index, hits)."""
     pred_boxes = as_boxes(pred_boxes)
     pred_scores = torch.as_tensor(pred_scores, dtype=torch.float32).reshape(-1)
     points = torch.as_tensor(np.asarray(gt_points, dtype=np.float32)).reshape(-1, 2)
     order = torch.argsort(pred_scores, descending=True)
-    pred_boxes, pred_scores = pred_boxes[order], pred_scores[order]
     claimed = torch.zeros(len(points), dtype=torch.bool)
-    hits = np.zeros(len(pred_boxes), dtype=bool)
-    for i, (x1, y1, x2, y2) in enumerate(pred_boxes.tolist()):
+    hits = np.zeros(len(order), dtype=bool)
+    for i, (x1, y1, x2, y2) in enumerate(pred_boxes[order].tolist()):
         inside = ((points[:, 0] >= x1) & (points[:, 0] <= x2) & (points[:, 1] >= y1) & (points[:, 1] <= y2)
                   & ~claimed)
         if inside.any():
@@ -73,7 +80,13 @@ def match_image_points(pred_boxes, pred_scores, gt_points):
             distance = ((points - centre) ** 2).sum(1).masked_fill(~inside, float("inf"))
             claimed[int(distance.argmin())] = True
             hits[i] = True
-    return pred_scores.numpy(), hits
+    return order.numpy(), hits
+
+
+def match_image_points(pred_boxes, pred_scores, gt_points):
+    """``matched_points`` → (scores, hits) in score order."""
+    index, hits = matched_points(pred_boxes, pred_scores, gt_points)
+    return torch.as_tensor(pred_scores, dtype=torch.float32).reshape(-1).numpy()[index], hits
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:

@@ -17,8 +17,8 @@ from sklearn.linear_model import LogisticRegression
 
 from common.errors import InputError
 from common.config import ConfigError
-from common.boxes import box_iou
-from common.metrics import match_image, match_image_points
+from common.boxes import as_boxes, box_iou
+from common.metrics import matched_detections, matched_points
 
 METHODS = ("logistic", "isotonic")
 _EPS = 1e-6
@@ -130,24 +130,27 @@ class ScoreCalibrator:
 
 def labelled_scores(detections, items: list[dict], iou_threshold: float = 0.5
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(scores, hits, box widths) of every detection, one ``Detections`` per benchmark item (``gt_boxes`` or
-    ``gt_points``), and (widths, found) of every labelled face with a box: whether a detection overlaps it by
-    ``iou_threshold``."""
+    """(scores, hits, box widths) of every detection that counts (the benchmark's matching: IoU, or nose point in
+    box; detections of ``gt_ignore`` faces dropped), one ``Detections`` per benchmark item, and (widths, found) of
+    every labelled face with a box that is not ignored: whether a detection overlaps it by ``iou_threshold``."""
     scores, hits, widths, face_widths, found = [], [], [], [], []
     for detections_of_item, item in zip(detections, items):
-        order = torch.argsort(detections_of_item.scores, descending=True)
-        boxes = detections_of_item.boxes[order]
-        widths.append((boxes[:, 2] - boxes[:, 0]).numpy())
+        boxes = detections_of_item.boxes
         if "gt_points" in item:
-            s, h = match_image_points(boxes, detections_of_item.scores[order], item["gt_points"])
+            index, item_hits = matched_points(boxes, detections_of_item.scores, item["gt_points"])
         else:
-            s, h = match_image(boxes, detections_of_item.scores[order], item["gt_boxes"], None, iou_threshold)
-            gt_boxes = torch.as_tensor(np.asarray(item["gt_boxes"], dtype=np.float32)).reshape(-1, 4)
+            ignore = item.get("gt_ignore")
+            index, item_hits = matched_detections(boxes, detections_of_item.scores, item["gt_boxes"], ignore,
+                                                  iou_threshold)
+            gt_boxes = as_boxes(item["gt_boxes"])
+            if ignore is not None:
+                gt_boxes = gt_boxes[~torch.as_tensor(ignore, dtype=torch.bool)]
             face_widths.append((gt_boxes[:, 2] - gt_boxes[:, 0]).numpy())
             found.append((box_iou(gt_boxes, boxes) >= iou_threshold).any(1).numpy() if len(boxes)
                          else np.zeros(len(gt_boxes), bool))
-        scores.append(s)
-        hits.append(h)
+        scores.append(detections_of_item.scores.numpy()[index])
+        hits.append(item_hits)
+        widths.append((boxes[:, 2] - boxes[:, 0]).numpy()[index])
     empty = np.zeros(0)
     return (np.concatenate(scores or [empty]), np.concatenate(hits or [empty.astype(bool)]),
             np.concatenate(widths or [empty]), np.concatenate(face_widths or [empty]),

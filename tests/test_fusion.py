@@ -89,6 +89,12 @@ def test_labelled_scores_uses_the_benchmark_matching():
     scores, hits, widths, face_widths, faces_found = labelled_scores(found, items)
     assert scores.tolist() == pytest.approx([0.9, 0.4, 0.7]) and hits.tolist() == [True, False, True]
     assert widths.tolist() == [10, 10, 10] and face_widths.tolist() == [10] and faces_found.tolist() == [True]
+    # a detection of an ignored face is dropped, and the ignored face is not a face to find
+    found = [faces([[0, 0, 10, 10], [50, 50, 70, 70]], [0.4, 0.9])]
+    items = [{"gt_boxes": torch.tensor([[0.0, 0, 10, 10], [50, 50, 70, 70]]), "gt_ignore": torch.tensor([False, True])}]
+    scores, hits, widths, face_widths, faces_found = labelled_scores(found, items)
+    assert scores.tolist() == pytest.approx([0.4]) and hits.tolist() == [True] and widths.tolist() == [10]
+    assert face_widths.tolist() == [10] and faces_found.tolist() == [True]
 
 
 def test_a_detector_abstains_at_face_sizes_it_cannot_find():
