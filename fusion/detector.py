@@ -19,17 +19,16 @@ class FusionDetector:
     """``detect(images)`` → one fused ``Detections`` per photo. ``detectors`` maps names to photo detectors;
     ``calibrators`` (optional, per name, ``fusion.calibration.ScoreCalibrator``) map raw scores to calibrated
     ones before fusion and say at which face widths a detector is competent: where its recall on the fitting
-    photos reaches ``competent_recall`` (a detector elsewhere neither adds to nor subtracts from a face's score)."""
+    photos reaches ``settings.competent_recall`` (a detector elsewhere neither adds to nor subtracts from a face's
+    score)."""
 
     def __init__(self, detectors: dict, settings: FusionSettings, calibrators: dict | None = None,
-                 score_threshold: float = 0.0, competent_recall: float = 0.5):
+                 score_threshold: float = 0.0):
         if not detectors:
             raise ConfigError("fusion needs at least one detector")
-        if not 0 <= competent_recall <= 1:
-            raise ConfigError(f"competent_recall must lie in [0, 1], got {competent_recall}")
         self.detectors, self.settings = detectors, settings
         self.calibrators = calibrators or {}
-        self.score_threshold, self.competent_recall = score_threshold, competent_recall
+        self.score_threshold = score_threshold
         self.timings: dict[str, float] = {name: 0.0 for name in detectors}
 
     def detect_each(self, images: Sequence[np.ndarray]) -> dict[str, list[Detections]]:
@@ -48,7 +47,7 @@ class FusionDetector:
 
     def merge(self, per_detector: dict[str, list[Detections]]) -> list[Detections]:
         names = list(self.detectors)
-        competent = [(lambda widths, c=self.calibrators[name]: c.competent(widths, self.competent_recall))
+        competent = [(lambda widths, c=self.calibrators[name]: c.competent(widths, self.settings.competent_recall))
                      if name in self.calibrators else None for name in names]
         merged = []
         for index in range(len(per_detector[names[0]])):

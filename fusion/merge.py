@@ -34,7 +34,8 @@ class FusionSettings:
     source (default 1 each). ``landmark_weights``: per source, its share in a fused face's landmarks (wbf; default
     ``weights``; 0: its landmarks count only where no other source saw the face). ``min_votes``: distinct sources
     that must agree. ``soft_nms_method``: linear | gaussian, ``soft_nms_sigma`` for gaussian. ``score_threshold``:
-    fused faces scoring less are dropped."""
+    fused faces scoring less are dropped. ``competent_recall``: wbf with per-source competence (``fuse``'s
+    ``competent``): a source counts in a face's score where its recall at that face width reaches this."""
 
     method: str = "wbf"
     iou: float = 0.5
@@ -44,6 +45,7 @@ class FusionSettings:
     soft_nms_method: str = "gaussian"
     soft_nms_sigma: float = 0.5
     score_threshold: float = 0.0
+    competent_recall: float = 0.5
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -52,6 +54,8 @@ class FusionSettings:
             raise ConfigError(f"soft_nms_method must be linear or gaussian, got {self.soft_nms_method!r}")
         if not 0 < self.iou <= 1 or self.min_votes < 1:
             raise ConfigError(f"need 0 < iou <= 1 and min_votes >= 1, got iou={self.iou}, min_votes={self.min_votes}")
+        if not 0 <= self.competent_recall <= 1:
+            raise ConfigError(f"competent_recall must lie in [0, 1], got {self.competent_recall}")
 
 
 def _stack(parts: Sequence[Detections]) -> tuple[Detections, torch.Tensor]:
@@ -127,30 +131,30 @@ def _wbf(faces: Detections, sources: torch.Tensor, settings: FusionSettings, num
                 continue
         members.append([index])
         fused_boxes = torch.cat([fused_boxes, faces.boxes[index:index + 1]])
-    boxes, scores, landmarks, votes = [], [], [], []
-    for cluster in members:
+    if not members:
+        return Detections.empty(), torch.zeros(0, dtype=torch.int64)
+    boxes, landmarks, best_per_source, reported = [], [], [], torch.zeros(len(members), num_sources, dtype=torch.bool)
+    for face, cluster in enumerate(members):
         cluster = torch.tensor(cluster)
         mass = weights[sources[cluster]] * faces.scores[cluster]
         mass = mass / mass.sum() if mass.sum() > 0 else torch.full_like(mass, 1 / len(mass))
-        best_per_source = torch.zeros(num_sources).scatter_reduce(0, sources[cluster], faces.scores[cluster], "amax")
-        box = (faces.boxes[cluster] * mass[:, None]).sum(0)
-        counted = torch.zeros(num_sources, dtype=torch.bool)
-        counted[sources[cluster]] = True  # a source that reported the face always counts
-        for source, can_see in enumerate(competent or ()):
-            counted[source] |= True if can_see is None else bool(can_see((box[2] - box[0])[None])[0])
-        if competent is None:
-            counted[:] = True
-        boxes.append(box)
+        boxes.append((faces.boxes[cluster] * mass[:, None]).sum(0))
         landmark_mass = landmark_weights[sources[cluster]] * faces.scores[cluster]
         landmark_mass = mass if landmark_mass.sum() <= 0 else landmark_mass / landmark_mass.sum()
         landmarks.append((faces.landmarks[cluster] * landmark_mass[:, None, None]).sum(0))
-        scores.append((weights * best_per_source)[counted].sum() / weights[counted].sum())
-        votes.append(len(sources[cluster].unique()))
-    if not boxes:
-        return Detections.empty(), torch.zeros(0, dtype=torch.int64)
-    fused = Detections(torch.stack(boxes), torch.stack(scores), torch.stack(landmarks))
+        best_per_source.append(torch.zeros(num_sources).scatter_reduce(0, sources[cluster], faces.scores[cluster],
+                                                                       "amax"))
+        reported[face, sources[cluster]] = True
+    boxes, best = torch.stack(boxes), torch.stack(best_per_source)  # (K, 4), (K, S)
+    widths = boxes[:, 2] - boxes[:, 0]
+    can_see = torch.ones_like(reported) if competent is None else torch.stack(
+        [torch.ones(len(boxes), dtype=torch.bool) if source is None else source(widths) for source in competent], 1)
+    counted = (can_see | reported).float()  # (K, S): a source that reported a face always counts
+    scores = (weights * best * counted).sum(1) / (weights * counted).sum(1)
+    votes = reported.sum(1)
+    fused = Detections(boxes, scores, torch.stack(landmarks))
     order = torch.argsort(fused.scores, descending=True)
-    return fused[order], torch.tensor(votes)[order]
+    return fused[order], votes[order]
 
 
 def fuse(parts: Sequence[Detections], settings: FusionSettings,

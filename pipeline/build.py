@@ -153,8 +153,7 @@ def route_small_faces(embedder: Embedder | FusedEmbedder, section: dict, device:
 
 def fusion_settings(cfg: dict, weights: list[float] | None = None,
                     landmark_weights: list[float] | None = None) -> FusionSettings:
-    section = {key: value for key, value in cfg["detection"]["fusion"].items() if key != "competent_recall"}
-    return FusionSettings(**section, weights=weights, landmark_weights=landmark_weights)
+    return FusionSettings(**cfg["detection"]["fusion"], weights=weights, landmark_weights=landmark_weights)
 
 
 def fusion_from_config(cfg: dict, device: str) -> FusionDetector:
@@ -167,8 +166,7 @@ def fusion_from_config(cfg: dict, device: str) -> FusionDetector:
                    for name, entry in entries.items() if entry["calibration"]}
     settings = fusion_settings(cfg, [entry["weight"] for entry in entries.values()],
                                [entry["landmark_weight"] for entry in entries.values()])
-    return FusionDetector(detectors, settings, calibrators, inference["score_threshold"],
-                          cfg["detection"]["fusion"]["competent_recall"])
+    return FusionDetector(detectors, settings, calibrators, inference["score_threshold"])
 
 
 def teacher_from_config(section: dict):
