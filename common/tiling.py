@@ -71,6 +71,16 @@ def _passes(height: int, width: int, scales: list[float], smallest: float, input
     return passes
 
 
+def check_face_sizes(min_face_px: float | None, face_px: Sequence[float]) -> None:
+    """Refuse a ``face_px`` range that is not (smallest, largest) with 0 < smallest < largest, or a
+    ``min_face_px`` that is not a positive number of pixels or None: what ``plan_passes`` needs."""
+    smallest, largest = map(float, face_px)
+    if not 0 < smallest < largest:
+        raise ConfigError(f"face_px must be [smallest, largest] with 0 < smallest < largest, got {list(face_px)}")
+    if min_face_px is not None and min_face_px <= 0:
+        raise ConfigError(f"min_face_px must be a positive number of pixels or null, got {min_face_px}")
+
+
 def plan_passes(height: int, width: int, min_face_px: float | None, face_px: Sequence[float], input_side: int
                 ) -> list[Pass]:
     """The passes that find every face from ``min_face_px`` wide up to the photo's shorter side, and nothing more,
@@ -81,13 +91,9 @@ def plan_passes(height: int, width: int, min_face_px: float | None, face_px: Seq
     leaves the largest faces over ``largest``); the finest shows a ``min_face_px`` face ``smallest`` px wide. In
     between, each pass is at most ``r`` times finer than the one before (evenly spaced in log scale), ``r`` (at most
     largest / smallest) chosen to cost the fewest input pixels: a larger ``r`` needs fewer passes but tiles
-    overlapping more. ``min_face_px``
-    None: the coarsest pass alone."""
+    overlapping more. ``min_face_px`` None: the coarsest pass alone."""
+    check_face_sizes(min_face_px, face_px)
     smallest, largest = map(float, face_px)
-    if not 0 < smallest < largest:
-        raise ConfigError(f"face_px must be [smallest, largest] with 0 < smallest < largest, got {list(face_px)}")
-    if min_face_px is not None and min_face_px <= 0:
-        raise ConfigError(f"min_face_px must be a positive number of pixels or null, got {min_face_px}")
     coarsest = min(input_side / max(height, width), largest / min(height, width))
     finest = coarsest if min_face_px is None else max(coarsest, smallest / min_face_px)
     best, best_cost = _passes(height, width, [coarsest], smallest, input_side), None

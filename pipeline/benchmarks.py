@@ -90,16 +90,16 @@ def run_detection_benchmark(data: str | Path, detector: str = "blazeface", confi
     matching = "nose point inside box" if items and "gt_points" in items[0] else f"IoU>={iou}"
     results = {"benchmark": "detection", "detector": detector, "weights": str(cfg.get("model", {}).get("weights")),
                "data": str(data), "images": len(items), "inference": cfg["inference"], "matching": matching,
-               **figures.pop(detector), "members": figures}
-    for name, curve in curves.items():
-        precision, recall = curve.at_threshold(operating_threshold)
-        print(f"{name}: AP@0.5 = {curve.ap:.4f}  ({curve.num_ground_truth} faces in {len(items)} images, {matching}, "
-              f"max recall {float(curve.recall[-1]) if len(curve.recall) else 0.0:.3f}); at the score threshold "
-              f"{operating_threshold}: precision {precision:.3f}, recall {recall:.3f}")
-        by_size = results["by_face_px"] if name == detector else figures[name]["by_face_px"]
-        if by_size:
-            print("    by face width: " + "; ".join(f"{row['face_px']} px AP {row['ap50']:.3f} recall "
-                                                    f"{row['recall']:.3f} ({row['faces']})" for row in by_size))
+               **figures[detector], "members": {name: row for name, row in figures.items() if name != detector}}
+    for name, row in figures.items():
+        point = row["operating_point"]
+        print(f"{name}: AP@0.5 = {row['ap50']:.4f}  ({row['faces']} faces in {len(items)} images, {matching}, "
+              f"max recall {row['max_recall']:.3f}); at the score threshold {operating_threshold}: precision "
+              f"{point['precision']:.3f}, recall {point['recall']:.3f}")
+        if row["by_face_px"]:
+            print("    by face width: " + "; ".join(f"{size['face_px']} px AP {size['ap50']:.3f} recall "
+                                                    f"{size['recall']:.3f} ({size['faces']})"
+                                                    for size in row["by_face_px"]))
     plot = Path(plot) if plot else (Path(out).with_suffix(".pr.png") if out else Path("pr_curve.png"))
     plot.parent.mkdir(parents=True, exist_ok=True)
     plot_precision_recall(curves, plot, title=f"{Path(data).parent.name}/{Path(data).name}")
@@ -107,8 +107,8 @@ def run_detection_benchmark(data: str | Path, detector: str = "blazeface", confi
     print(f"precision-recall curve: {plot}")
     if results["by_face_px"]:
         by_size_plot = plot.with_name(plot.name.replace(".pr.png", "").replace(".png", "") + ".by_size.png")
-        plot_recall_by_size({name: (results if name == detector else figures[name])["by_face_px"]
-                             for name in curves}, by_size_plot, f"recall at score {operating_threshold}")
+        plot_recall_by_size({name: row["by_face_px"] for name, row in figures.items()}, by_size_plot,
+                            f"recall at score {operating_threshold}")
         results["plot_by_size"] = str(by_size_plot)
         print(f"recall by face size: {by_size_plot}")
     if out:

@@ -12,7 +12,7 @@ from common.boxes import weighted_nms
 from common.checkpoint import model_state_from_file
 from common.detections import Detections
 from common.registry import build_model
-from common.tiling import detect_on_passes, plan_passes
+from common.tiling import check_face_sizes, detect_on_passes, plan_passes
 from detection.blazeface.mediapipe_import import load_mediapipe_weights
 from detection.blazeface.model import BlazeFace, BlazeFaceFullRange, fuse_batchnorm
 from detection.blazeface.postprocess import BlazeFacePostprocessor
@@ -60,8 +60,7 @@ class BlazeFaceDetector:
         self.postprocess = BlazeFacePostprocessor(self.anchors, score_threshold, nms_iou)
         self.batch_size = batch_size
         self.min_face_px, self.face_px = min_face_px, tuple(face_px or FACE_PX[variant])
-        plan_passes(self.anchors.input_size, self.anchors.input_size, min_face_px, self.face_px,
-                    self.anchors.input_size)  # refuses a bad face_px or min_face_px now, not at the first photo
+        check_face_sizes(min_face_px, self.face_px)  # now, not at the first photo
         self.nms_iou = nms_iou
 
     def _run(self, crops: list[np.ndarray]) -> list[Detections]:

@@ -14,7 +14,7 @@ from common.boxes import nms
 from common.checkpoint import model_state_from_file, state_mismatch
 from common.detections import Detections
 from common.registry import build_model
-from common.tiling import detect_on_passes, pad_to_multiple, plan_passes, resize_by
+from common.tiling import check_face_sizes, detect_on_passes, pad_to_multiple, plan_passes, resize_by
 from detection.retinaface.model import RetinaFace
 from detection.retinaface.postprocess import RetinaFacePostprocessor
 from detection.retinaface.targets import INPUT_MULTIPLE, RetinaFaceAnchors, flavor_of
@@ -62,7 +62,7 @@ class RetinaFaceDetector:
         self.nms_iou = nms_iou
         self.long_side = long_side
         self.min_face_px, self.face_px, self.max_input_side = min_face_px, tuple(face_px), max_input_side
-        plan_passes(max_input_side, max_input_side, min_face_px, face_px, max_input_side)  # refuse bad values now
+        check_face_sizes(min_face_px, face_px)  # now, not at the first photo
 
     def _run(self, image: np.ndarray, scale: float) -> Detections:
         """One crop at one scale → detections in crop pixels."""
