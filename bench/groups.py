@@ -30,9 +30,9 @@ import yaml
 
 import evaluate
 from common.cli import run_cli
-from common.composite import size_bin_labels
 from common.config import load_yaml
 from common.io import read_image
+from common.metrics import size_bin_labels
 from common.tiling import plan_passes
 from detection.evaluation import DETECTION_SIZE_BINS, load_benchmark
 from pipeline.build import build_detector

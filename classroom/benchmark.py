@@ -40,11 +40,12 @@ from tqdm import tqdm
 from classroom.demo import enroll_round, find_lfw, people_with_photos
 from classroom.service import AttendanceService
 from common.boxes import box_iou
-from common.composite import NOMINAL_FACE, paste_portraits, phone_effects, seat_layout, size_bin_labels, wall
-from common.composite import size_bin as composite_size_bin
+from common.composite import NOMINAL_FACE, paste_portraits, phone_effects, seat_layout, wall
 from common.config import ConfigError
 from common.io import at_size
 from common.lfw import REPORT_FOLD
+from common.metrics import size_bin as metrics_size_bin
+from common.metrics import size_bin_labels
 from common.stats import rate_figure
 
 REPORT_SEED = 1000  # report classes use seeds REPORT_SEED + seed + i; tune classes seed + i
@@ -70,7 +71,7 @@ class ClassPhoto:
 
 
 def size_bin(width: float) -> str:
-    return composite_size_bin(width, SIZE_BINS)
+    return metrics_size_bin(width, SIZE_BINS)
 
 
 def compose(photos: list[tuple[str, bool, Path]], face_boxes: list[np.ndarray], settings: dict,

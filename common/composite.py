@@ -100,14 +100,3 @@ def phone_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     noisy = blurred + rng.normal(0, 2.0, blurred.shape).astype(np.float32)
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
-
-def size_bin(width: float, edges) -> str:
-    """The label of the bin of ``edges`` (increasing) that ``width`` falls in: ``"a-b"``, or ``">=last"``."""
-    for low, high in zip(edges, edges[1:]):
-        if width < high:
-            return f"{low}-{high}"
-    return f">={edges[-1]}"
-
-
-def size_bin_labels(edges) -> list[str]:
-    return [f"{low}-{high}" for low, high in zip(edges, edges[1:])] + [f">={edges[-1]}"]

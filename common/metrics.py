@@ -89,6 +89,18 @@ def match_image_points(pred_boxes, pred_scores, gt_points):
     return torch.as_tensor(pred_scores, dtype=torch.float32).reshape(-1).numpy()[index], hits
 
 
+def size_bin(width: float, edges) -> str:
+    """The label of the bin of ``edges`` (increasing) that ``width`` falls in: ``"a-b"``, or ``">=last"``."""
+    for low, high in zip(edges, edges[1:]):
+        if width < high:
+            return f"{low}-{high}"
+    return f">={edges[-1]}"
+
+
+def size_bin_labels(edges) -> list[str]:
+    return [f"{low}-{high}" for low, high in zip(edges, edges[1:])] + [f">={edges[-1]}"]
+
+
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     """All-point interpolated AP (PASCAL VOC 2010+): area under the monotone precision envelope. Undefined
     precisions (NaN, as WIDER's evaluation can produce) are skipped by the envelope, as MATLAB's ``max``."""

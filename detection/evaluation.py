@@ -8,9 +8,8 @@ import torch
 from tqdm import tqdm
 
 from common.boxes import as_boxes, box_iou
-from common.composite import size_bin_labels
 from common.io import read_image
-from common.metrics import PrecisionRecall, average_precision
+from common.metrics import PrecisionRecall, average_precision, size_bin_labels
 from detection.data.readers import read_annotations
 
 DETECTION_SIZE_BINS = (0, 24, 32, 48, 64, 96)  # face-width bins (px) of the per-size figures: <24, 24-32, ..., >=96

@@ -17,10 +17,10 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from common.composite import size_bin_labels
 from common.config import ConfigError, build_config, project_path, save_config
 from common.errors import UserError
 from common.io import read_image
+from common.metrics import size_bin_labels
 from common.registry import DETECTORS
 from detection.evaluation import load_benchmark
 from embedding.training import EMBEDDING_DEFAULTS, run_embedding_training
