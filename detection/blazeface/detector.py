@@ -26,9 +26,10 @@ def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float() / 127.5 - 1.0
 
 
-# The face widths (px at the network's input) each variant finds: one LFW face pasted on a wall at each width is
-# found in 60 of 60 pictures (front, 128-px input: 56 at 14 px, 29 at 12 px; full, 192-px input: 51 at 8 px, 57 at
-# 112 px, 56 at 128 px). "back" has no published weights: front's range scaled to its 256-px input, not measured.
+# The face widths (px at the network's input) each variant finds, measured with one LFW face (60 portraits of people
+# of folds 1-9) pasted on a wall at each width: front (128-px input) finds 60 of 60 from 16 to 112 px, 56 at 14 px,
+# 29 at 12 px; full (192-px input) 58-60 of 60 from 12 to 96 px (59 at 12, 58 at 96), 55 at 10 px, 56 at 112 px.
+# "back" has no published weights: front's range scaled to its 256-px input, not measured.
 FACE_PX = {"front": (16, 112), "full": (12, 96), "back": (32, 224)}
 
 
