@@ -19,8 +19,8 @@ from detection.yolo.model import YoloFace
 from detection.yolo.mosaic import MosaicDataset
 from detection.yolo.postprocess import YoloPostprocessor
 from detection.yolo.pseudo_labels import annotations_from_labels, collect_images
-from detection.yolo.targets import (UNASSIGNED, SimOTAAssigner, anchor_points, decode_boxes, decode_landmarks,
-                                    encode_landmarks)
+from common.points import UNASSIGNED, SimOTAAssigner, decode_boxes, decode_landmarks, encode_landmarks
+from detection.yolo.targets import anchor_points
 from detection.yolo.training import YoloTask
 from tests.conftest import shared_path
 
@@ -64,21 +64,21 @@ def test_simota_takes_dynamic_k_best_locations():
     gt = torch.tensor([[0.0, 0.0, 32.0, 32.0]])
     points = torch.tensor([[4.0, 4.0], [12.0, 12.0], [20.0, 20.0], [28.0, 28.0], [100.0, 100.0]])
     strides = torch.full((5,), 8.0)
-    logits = torch.zeros(5)
+    probs = torch.full((5,), 0.5)
     assigner = SimOTAAssigner(center_radius=2.5, candidate_topk=10, iou_weight=3.0)
     # IoUs with the face 1, 0.5, 0.25, 0 → k = int(1.75) = 1: only the exact box
     pred = torch.tensor([[0, 0, 32, 32], [0, 0, 32, 16], [0, 0, 16, 16], [60, 60, 70, 70], [0, 0, 32, 32.]])
-    assigned, ious = assigner(pred, logits, points, strides, gt)
+    assigned, ious = assigner(pred, probs, points, strides, gt)
     assert assigned.tolist() == [0, UNASSIGNED, UNASSIGNED, UNASSIGNED, UNASSIGNED]
     assert ious.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]  # the far location has the exact box but is no candidate
     # IoUs 1, 0.9375, 0.25 → k = int(2.19) = 2: the two best
     pred[1] = torch.tensor([0, 0, 32, 30.])
-    assigned, ious = assigner(pred, logits, points, strides, gt)
+    assigned, ious = assigner(pred, probs, points, strides, gt)
     assert assigned.tolist() == [0, 0, UNASSIGNED, UNASSIGNED, UNASSIGNED]
     assert ious[1].item() == pytest.approx(0.9375)
-    # a confident face logit lowers the cost: at equal IoU the location that already says "face" wins
+    # a confident face probability lowers the cost: at equal IoU the location that already says "face" wins
     pred = torch.tensor([[0, 0, 32, 16], [0, 0, 32, 16], [0, 0, 16, 16], [60, 60, 70, 70], [0, 0, 32, 32.]])
-    assigned, _ = assigner(pred, torch.tensor([0.0, 4.0, 0.0, 0.0, 0.0]), points, strides, gt)
+    assigned, _ = assigner(pred, torch.tensor([0.5, 0.98, 0.5, 0.5, 0.5]), points, strides, gt)
     assert assigned.tolist() == [UNASSIGNED, 0, UNASSIGNED, UNASSIGNED, UNASSIGNED]
 
 
@@ -86,10 +86,10 @@ def test_simota_gives_a_location_wanted_by_two_faces_to_the_cheaper_one():
     faces = torch.tensor([[0.0, 0.0, 32.0, 32.0], [4.0, 4.0, 36.0, 36.0]])
     points, strides = torch.tensor([[16.0, 16.0], [200.0, 200.0]]), torch.tensor([8.0, 8.0])
     pred = torch.tensor([[1.0, 1.0, 33.0, 33.0], [0.0, 0.0, 32.0, 32.0]])
-    assigned, ious = SimOTAAssigner()(pred, torch.zeros(2), points, strides, faces)
+    assigned, ious = SimOTAAssigner()(pred, torch.full((2,), 0.5), points, strides, faces)
     assert assigned.tolist() == [0, UNASSIGNED]  # IoU 961/1087 with the first face, 841/1207 with the second
     assert ious[0].item() == pytest.approx(961 / 1087)
-    empty, _ = SimOTAAssigner()(pred, torch.zeros(2), points, strides, torch.zeros(0, 4))
+    empty, _ = SimOTAAssigner()(pred, torch.full((2,), 0.5), points, strides, torch.zeros(0, 4))
     assert empty.tolist() == [UNASSIGNED, UNASSIGNED]
 
 

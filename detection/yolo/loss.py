@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torchvision.ops import complete_box_iou_loss
 
 from common.boxes import box_iou
-from detection.yolo.targets import SimOTAAssigner, anchor_points, decode_boxes, encode_landmarks
+from common.points import SimOTAAssigner, decode_boxes, encode_landmarks
+from detection.yolo.targets import anchor_points
 
 
 class YoloLoss:
@@ -38,8 +39,8 @@ class YoloLoss:
         for index, target in enumerate(targets):
             gt_boxes = target["boxes"].to(device)
             ignore = target["ignore"].to(device)
-            assigned, ious = self.assigner(pred_boxes[index].detach(), logits[index].detach(), points, strides,
-                                           gt_boxes)
+            assigned, ious = self.assigner(pred_boxes[index].detach(), torch.sigmoid(logits[index].detach()), points,
+                                           strides, gt_boxes)
             hit = assigned >= 0
             ignored = torch.zeros_like(hit)
             ignored[hit] = ignore[assigned[hit]]

@@ -5,7 +5,8 @@ import torch
 
 from common.boxes import nms
 from common.detections import Detections
-from detection.yolo.targets import anchor_points, decode_boxes, decode_landmarks
+from common.points import decode_boxes, decode_landmarks
+from detection.yolo.targets import anchor_points
 
 
 class YoloPostprocessor:

@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from common.config import ConfigError, existing_path
 from common.engine import init_distributed, is_main_process, resolve_device
+from common.points import SimOTAAssigner
 from common.registry import build_model
 from detection.data.dataset import FaceDetectionDataset
 from detection.training import detection_grid, fit_detector, validation_metrics
@@ -21,7 +22,7 @@ from detection.yolo.mosaic import MosaicDataset
 from detection.yolo.postprocess import YoloPostprocessor
 from detection.yolo.pseudo_labels import (PSEUDO_LABEL_SOURCES, annotations_from_labels,
                                           collect_images, pseudo_label)
-from detection.yolo.targets import INPUT_MULTIPLE, SimOTAAssigner
+from detection.yolo.targets import INPUT_MULTIPLE
 
 class YoloTask:
     """The YOLO pieces the trainer calls: one training step, validation, and image grids."""
