@@ -14,6 +14,7 @@ goes to the one it costs least.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
@@ -104,3 +105,51 @@ class SimOTAAssigner:
         assigned[candidates[chosen]] = owner[chosen]
         matched_iou[candidates[chosen]] = ious[owner[chosen], torch.nonzero(chosen).squeeze(1)]
         return assigned, matched_iou
+
+
+@dataclass(frozen=True)
+class BatchAssignment:
+    """SimOTA over a batch. ``positive`` (B, A): locations assigned a face that is not ``ignore``; ``ignored``
+    (B, A): locations assigned an ``ignore`` face (neither face nor background); ``ious`` (B, A): IoU of a
+    positive's predicted box with its face, 0 elsewhere; ``boxes`` (P, 4) and ``landmarks`` (P, 5, 2, NaN where
+    absent): the faces of the positives in ``positive``'s row-major order; ``points`` (P, 2) and ``strides`` (P,):
+    the positives' locations."""
+
+    positive: torch.Tensor
+    ignored: torch.Tensor
+    ious: torch.Tensor
+    boxes: torch.Tensor
+    landmarks: torch.Tensor
+    points: torch.Tensor
+    strides: torch.Tensor
+
+    def encoded_landmarks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask (P,) of positives whose face has all five points, their (L, 10) raw landmark targets)."""
+        with_points = ~torch.isnan(self.landmarks).flatten(1).any(1)
+        return with_points, encode_landmarks(self.landmarks[with_points], self.points[with_points],
+                                             self.strides[with_points])
+
+
+def assign_batch(assigner: SimOTAAssigner, pred_boxes: torch.Tensor, face_probs: torch.Tensor, points: torch.Tensor,
+                 strides: torch.Tensor, targets: list[dict]) -> BatchAssignment:
+    """Predicted boxes (B, A, 4) xyxy, face probabilities (B, A), points (A, 2), strides (A,) and per-image
+    targets (``boxes`` (G, 4), ``landmarks`` (G, 5, 2) NaN where absent, ``ignore`` (G,)) → ``BatchAssignment``."""
+    device = pred_boxes.device
+    positives, ignores, ious, boxes, landmarks = [], [], [], [], []
+    for index, target in enumerate(targets):
+        gt_boxes = target["boxes"].to(device)
+        assigned, matched_iou = assigner(pred_boxes[index].detach(), face_probs[index].detach(), points, strides,
+                                         gt_boxes)
+        hit = assigned >= 0
+        ignored = torch.zeros_like(hit)
+        ignored[hit] = target["ignore"].to(device)[assigned[hit]]
+        positive = hit & ~ignored
+        positives.append(positive)
+        ignores.append(ignored)
+        ious.append(matched_iou * positive)
+        boxes.append(gt_boxes[assigned[positive]])
+        landmarks.append(target["landmarks"].to(device)[assigned[positive]])
+    positive = torch.stack(positives)  # (B, A)
+    batch_points = points.expand(len(targets), -1, -1)[positive]  # (P, 2)
+    return BatchAssignment(positive, torch.stack(ignores), torch.stack(ious), torch.cat(boxes), torch.cat(landmarks),
+                           batch_points, strides.expand(len(targets), -1)[positive])

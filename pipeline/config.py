@@ -24,6 +24,8 @@ PIPELINE_DEFAULTS = {
         "mtcnn": {**DETECTOR_ENTRY, "config": "configs/detection_mtcnn.yaml"},
         "retinaface": {**DETECTOR_ENTRY, "config": "configs/detection_retinaface.yaml",
                        "set": ["inference.score_threshold=0.5"]},
+        "yunet": {**DETECTOR_ENTRY, "config": "configs/detection_yunet.yaml",
+                  "set": ["inference.score_threshold=0.5"]},
         # competent_recall: a detector counts in a face's fused score (wbf) at the face widths where its recall
         # on the calibration photos reaches this; elsewhere it abstains
         "fusion": {"method": "wbf", "iou": 0.3, "min_votes": 1, "soft_nms_method": "gaussian",

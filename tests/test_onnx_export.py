@@ -4,8 +4,8 @@ real photos at batch sizes 1 and 3, detections and embeddings through the swappe
 
 Tolerance: as tests/test_blazeface_parity.py, |onnxruntime - torch| <= 1e-4 x max(1, that sample's largest
 |output|): 1e-4 absolute while a sample's outputs are within +-1, 1e-4 relative above (BlazeFace's raw scores
-reach -600, RetinaFace's inputs are +-128 and its outputs follow). Embeddings are compared L2-normalised (what
-``embed_chips`` returns) at 1e-4 absolute."""
+reach -600, RetinaFace's inputs are +-128 and YuNet's 0-255, and their outputs follow). Embeddings are compared
+L2-normalised (what ``embed_chips`` returns) at 1e-4 absolute."""
 from __future__ import annotations
 
 import json
@@ -24,6 +24,7 @@ from common.io import read_image
 from common.registry import DETECTORS, build_model
 from detection.blazeface.detector import normalize as blazeface_normalize
 from detection.retinaface.detector import preprocess as retinaface_preprocess
+from detection.yunet.detector import preprocess as yunet_preprocess
 from pipeline import (build_embedder, default_config_path, detection_config, detector_from_config, list_embedders,
                       list_models)
 from pipeline.export import main as export_main
@@ -49,7 +50,7 @@ FREE_SIZES = {1: (224, 320), 3: (288, 192)}
 REAL_WEIGHTS = {"blazeface_front": ("blazeface", "model"), "mtcnn_pnet": ("mtcnn", "pnet"),
                 "mtcnn_rnet": ("mtcnn", "rnet"), "mtcnn_onet": ("mtcnn", "onet"),
                 "retinaface_mnet025": ("retinaface", "model"), "dlib_resnet": ("dlib_resnet", "model"),
-                "omz_reid_0095": ("omz0095", "model"), "sface": ("sface", "model")}
+                "omz_reid_0095": ("omz0095", "model"), "sface": ("sface", "model"), "yunet_n": ("yunet", "model")}
 # ResNet-50 RetinaFace and FaceNet (the model and its embedder): ~15 s or more each to export and run on 2 cores
 SLOW = {"retinaface_r50", "inception_resnet_v1", "facenet"}
 # other test modules register their own tiny networks under names that start with this
@@ -86,6 +87,8 @@ def _net_inputs(name: str, photos: list[np.ndarray], height: int, width: int) ->
         return blazeface_normalize(batch)
     if name.startswith("retinaface"):
         return retinaface_preprocess(batch)
+    if name.startswith("yunet"):
+        return yunet_preprocess(batch)
     if name == "dlib_resnet":
         return (batch.float() - torch.tensor(DLIB_INPUT_MEAN).view(1, 3, 1, 1)) / DLIB_INPUT_SCALE
     return (batch.float() - 127.5) / 128.0

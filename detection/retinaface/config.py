@@ -6,7 +6,8 @@ from pathlib import Path
 
 from common.config import existing_path, project_path
 from detection.data.dataset import DEFAULT_AUGMENTATION
-from detection.retinaface.detector import RetinaFaceDetector, retinaface_detector
+from detection.photo_detector import ConvolutionalPhotoDetector
+from detection.retinaface.detector import retinaface_detector
 
 DEFAULT_WEIGHTS = "../shared/models/retinaface/mobilenet0.25_Final.pth"
 
@@ -44,7 +45,7 @@ def resolve_weights(weights: str | None) -> str | None:
     return resolved
 
 
-def retinaface_from_config(cfg: dict, device: str) -> RetinaFaceDetector:
+def retinaface_from_config(cfg: dict, device: str) -> ConvolutionalPhotoDetector:
     """The photo detector a config describes (infer.py / evaluate.py)."""
     model = cfg["model"]
     return retinaface_detector(weights=resolve_weights(model["weights"]), backbone=model["backbone"],

@@ -1,20 +1,16 @@
-"""RetinaFace on whole photos: resize, pad, run, decode, map back to photo pixels; or, to find faces down to a
-minimum size, at the scales and tiles the planner gives (``common.tiling.plan_passes``)."""
+"""RetinaFace on whole photos (``detection.photo_detector``): its weights, pixels and decoding."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from common.errors import InputError
 from common.config import ConfigError
-from common.boxes import nms
 from common.checkpoint import model_state_from_file, state_mismatch
-from common.detections import Detections
 from common.registry import build_model
-from common.tiling import check_face_sizes, detect_on_passes, pad_to_multiple, plan_passes, resize_by
+from detection.photo_detector import ConvolutionalPhotoDetector
 from detection.retinaface.model import RetinaFace
 from detection.retinaface.postprocess import RetinaFacePostprocessor
 from detection.retinaface.targets import INPUT_MULTIPLE, RetinaFaceAnchors, flavor_of
@@ -46,61 +42,20 @@ def load_weights(model: RetinaFace, weights: str | Path) -> RetinaFace:
     return model
 
 
-class RetinaFaceDetector:
-    """``anchors``: those the weights were trained with (``targets.FLAVORS``). ``min_face_px``: find faces down to
-    this width (photo px) at the planner's scales and tiles, given that the network finds faces ``face_px`` =
-    (smallest, largest) px wide and looks at most ``max_input_side`` px square at once; None: resize the photo so
-    its longer side is ``long_side`` px (None: original size) and look once. Everything found is merged by NMS."""
-
-    def __init__(self, model: RetinaFace, anchors: RetinaFaceAnchors, device: str | torch.device = "cpu",
-                 score_threshold: float = 0.5, nms_iou: float = 0.4, long_side: int | None = 640,
-                 min_face_px: float | None = None, face_px: Sequence[float] = (16, 256),
-                 max_input_side: int = 2048):
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
-        self.postprocess = RetinaFacePostprocessor(anchors, score_threshold, nms_iou)
-        self.nms_iou = nms_iou
-        self.long_side = long_side
-        self.min_face_px, self.face_px, self.max_input_side = min_face_px, tuple(face_px), max_input_side
-        check_face_sizes(min_face_px, face_px)  # now, not at the first photo
-
-    def _run(self, image: np.ndarray, scale: float) -> Detections:
-        """One crop at one scale → detections in crop pixels."""
-        resized = np.ascontiguousarray(resize_by(image, scale))
-        batch = torch.from_numpy(resized).permute(2, 0, 1)[None].to(self.device)  # (1, 3, h, w)
-        # zero padding is the mean colour after ``preprocess``
-        inputs = pad_to_multiple(preprocess(batch), INPUT_MULTIPLE)
-        detections = self.postprocess(*self.model(inputs), *inputs.shape[-2:])[0]
-        # the resized size was rounded: map back with the exact per-axis ratios
-        return detections.scaled(image.shape[1] / resized.shape[1], image.shape[0] / resized.shape[0])
-
-    @torch.inference_mode()
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """RGB uint8 (H, W, 3) photos → one ``Detections`` each, in photo pixels, by decreasing score."""
-        if self.min_face_px is None:
-            return [self._run(image, self.long_side / max(image.shape[:2]) if self.long_side else 1.0)
-                    for image in images]
-        return [detect_on_passes(image, plan_passes(*image.shape[:2], self.min_face_px, self.face_px,
-                                                    self.max_input_side),
-                                 lambda crops, scales: [self._run(crop, scale) for crop, scale in zip(crops, scales)],
-                                 self._merge) for image in images]
-
-    def _merge(self, parts: list[Detections]) -> Detections:
-        merged = Detections.cat(parts)
-        return merged[nms(merged.boxes, merged.scores, self.nms_iou)] if len(parts) > 1 else merged
-
-    __call__ = detect
-
-
 def retinaface_detector(weights: str | Path | None = None, backbone: str = "mobilenet0.25", flavor: str = "1mb",
                         device: str = "cpu", score_threshold: float = 0.5, nms_iou: float = 0.4,
                         long_side: int | None = 640, min_face_px: float | None = None,
-                        face_px: Sequence[float] = (16, 256), max_input_side: int = 2048) -> RetinaFaceDetector:
+                        face_px: Sequence[float] = (16, 256), max_input_side: int = 2048
+                        ) -> ConvolutionalPhotoDetector:
+    """The photo detector (``ConvolutionalPhotoDetector`` documents the arguments); ``flavor``: the anchors and
+    activations the weights were trained with (``targets.FLAVORS``)."""
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown RetinaFace backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
     if weights is None:
         raise ConfigError("RetinaFace needs weights: ../shared/models/retinaface/mobilenet0.25_Final.pth "
                          "(configs/detection_retinaface.yaml) or a checkpoint from train.py --detector retinaface")
     model = load_weights(build_model(BACKBONES[backbone], leaky_slope=flavor_of(flavor).leaky_slope), weights)
-    return RetinaFaceDetector(model, RetinaFaceAnchors.of_flavor(flavor), device, score_threshold, nms_iou,
-                              long_side, min_face_px, face_px, max_input_side)
+    # zero padding is the mean colour after ``preprocess``
+    postprocess = RetinaFacePostprocessor(RetinaFaceAnchors.of_flavor(flavor), score_threshold, nms_iou)
+    return ConvolutionalPhotoDetector(model, preprocess, postprocess, INPUT_MULTIPLE, device, nms_iou, long_side,
+                                      min_face_px, face_px, max_input_side)

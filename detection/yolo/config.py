@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from common.config import existing_path
 from detection.data.dataset import DEFAULT_AUGMENTATION
-from detection.yolo.detector import YoloDetector, yolo_detector
+from detection.photo_detector import ConvolutionalPhotoDetector
+from detection.yolo.detector import yolo_detector
 from detection.yolo.mosaic import MOSAIC_DEFAULTS
 from detection.yolo.pseudo_labels import PSEUDO_DEFAULTS
 
@@ -34,7 +35,7 @@ YOLO_DEFAULTS = {
 }
 
 
-def yolo_from_config(cfg: dict, device: str) -> YoloDetector:
+def yolo_from_config(cfg: dict, device: str) -> ConvolutionalPhotoDetector:
     """The photo detector a config describes (infer.py / evaluate.py)."""
     model = cfg["model"]
     return yolo_detector(weights=existing_path(model["weights"]), width=model["width"], depth=model["depth"],

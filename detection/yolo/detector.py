@@ -1,18 +1,15 @@
-"""The YOLO face network on whole photos: resize, pad to a multiple of 32, run, decode, map back to photo pixels."""
+"""The YOLO face network on whole photos (``detection.photo_detector``): its weights, pixels and decoding."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 import torch
 
 from common.errors import InputError
 from common.config import ConfigError
 from common.checkpoint import model_state_from_file, state_mismatch
-from common.detections import Detections
 from common.registry import build_model
-from common.tiling import pad_to_multiple, resize_by
+from detection.photo_detector import ConvolutionalPhotoDetector
 from detection.yolo.model import YoloFace
 from detection.yolo.postprocess import YoloPostprocessor
 from detection.yolo.targets import INPUT_MULTIPLE
@@ -40,37 +37,14 @@ def load_weights(model: YoloFace, weights: str | Path) -> YoloFace:
     return model
 
 
-class YoloDetector:
-    """``long_side``: resize the photo so its longer side is this many pixels (None: original size)."""
-
-    def __init__(self, model: YoloFace, device: str | torch.device = "cpu", score_threshold: float = 0.5,
-                 nms_iou: float = 0.45, long_side: int | None = 640):
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
-        self.postprocess = YoloPostprocessor(score_threshold, nms_iou)
-        self.long_side = long_side
-
-    @torch.inference_mode()
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """RGB uint8 (H, W, 3) photos → one ``Detections`` each, in photo pixels, by decreasing score."""
-        results = []
-        for image in images:
-            height, width = image.shape[:2]
-            resized = resize_by(image, self.long_side / max(height, width) if self.long_side else 1.0)
-            batch = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].to(self.device)
-            # black padding, as the training letterbox pads
-            inputs = pad_to_multiple(preprocess(batch), INPUT_MULTIPLE)  # (1, 3, h', w')
-            found = self.postprocess(*self.model(inputs), *inputs.shape[-2:])[0]
-            results.append(found.scaled(width / resized.shape[1], height / resized.shape[0]))
-        return results
-
-    __call__ = detect
-
-
 def yolo_detector(weights: str | Path | None = None, width: float = 0.25, depth: float = 0.33, device: str = "cpu",
-                  score_threshold: float = 0.5, nms_iou: float = 0.45, long_side: int | None = 640) -> YoloDetector:
+                  score_threshold: float = 0.5, nms_iou: float = 0.45, long_side: int | None = 640
+                  ) -> ConvolutionalPhotoDetector:
+    """The photo detector (``ConvolutionalPhotoDetector`` documents the arguments): the photo resized once so its
+    longer side is ``long_side`` px (None: original size), padded black as the training letterbox pads."""
     if weights is None:
         raise ConfigError("the YOLO face detector needs weights: train them with python train.py --stage detection "
                          "--detector yolo, then set model.weights or pass --weights")
     model = load_weights(build_model("yolo_face", width=width, depth=depth), weights)
-    return YoloDetector(model, device, score_threshold, nms_iou, long_side)
+    return ConvolutionalPhotoDetector(model, preprocess, YoloPostprocessor(score_threshold, nms_iou), INPUT_MULTIPLE,
+                                      device, nms_iou, long_side)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchvision.ops import complete_box_iou_loss
 
 from common.boxes import box_iou
-from common.points import SimOTAAssigner, decode_boxes, encode_landmarks
+from common.points import SimOTAAssigner, assign_batch, decode_boxes
 from detection.yolo.targets import anchor_points
 
 
@@ -30,37 +30,16 @@ class YoloLoss:
         """(B, A, 4), (B, A), (B, A, 10) raw outputs and per-image targets (``boxes`` (G, 4), ``landmarks``
         (G, 5, 2) NaN where absent, ``ignore`` (G,)) → {"loss", "loss_box", "loss_obj", "loss_landmarks",
         "num_positive", "mean_iou"}."""
-        device = box_raw.device
-        points, strides = (t.to(device) for t in anchor_points(input_height, input_width))
+        points, strides = (t.to(box_raw.device) for t in anchor_points(input_height, input_width))
         pred_boxes = decode_boxes(box_raw.float(), points, strides)  # (B, A, 4)
-        obj_targets = torch.zeros_like(logits, dtype=torch.float32)  # (B, A)
-        obj_weights = torch.ones_like(obj_targets)
-        box_pred, box_gt, point_pred, point_gt = [], [], [], []
-        for index, target in enumerate(targets):
-            gt_boxes = target["boxes"].to(device)
-            ignore = target["ignore"].to(device)
-            assigned, ious = self.assigner(pred_boxes[index].detach(), torch.sigmoid(logits[index].detach()), points,
-                                           strides, gt_boxes)
-            hit = assigned >= 0
-            ignored = torch.zeros_like(hit)
-            ignored[hit] = ignore[assigned[hit]]
-            positive = hit & ~ignored
-            obj_weights[index, ignored] = 0.0
-            obj_targets[index, positive] = ious[positive]
-            faces = assigned[positive]
-            box_pred.append(pred_boxes[index, positive])
-            box_gt.append(gt_boxes[faces])
-            gt_points = target["landmarks"].to(device)[faces]  # (P, 5, 2)
-            with_points = ~torch.isnan(gt_points).flatten(1).any(1)
-            point_pred.append(landmark_raw[index, positive][with_points].float())
-            point_gt.append(encode_landmarks(gt_points[with_points], points[positive][with_points],
-                                             strides[positive][with_points]))
-        box_pred, box_gt = torch.cat(box_pred), torch.cat(box_gt)  # (P, 4)
+        assignment = assign_batch(self.assigner, pred_boxes, torch.sigmoid(logits.float()), points, strides, targets)
+        box_pred, box_gt = pred_boxes[assignment.positive], assignment.boxes  # (P, 4)
         num_positive = max(len(box_pred), 1)
-        point_pred, point_gt = torch.cat(point_pred), torch.cat(point_gt)  # (L, 10)
+        with_points, point_gt = assignment.encoded_landmarks()  # (L, 10)
+        point_pred = landmark_raw[assignment.positive][with_points].float()
         box_loss = complete_box_iou_loss(box_pred, box_gt, reduction="sum") / num_positive
-        obj_loss = (F.binary_cross_entropy_with_logits(logits.float(), obj_targets, reduction="none")
-                    * obj_weights).sum() / num_positive
+        obj_loss = (F.binary_cross_entropy_with_logits(logits.float(), assignment.ious, reduction="none")
+                    * ~assignment.ignored).sum() / num_positive
         landmark_loss = F.smooth_l1_loss(point_pred, point_gt, reduction="sum") / max(len(point_pred), 1)
         total = self.box_weight * box_loss + self.obj_weight * obj_loss + self.landmark_weight * landmark_loss
         mean_iou = box_iou(box_pred.detach(), box_gt).diagonal().mean() if len(box_pred) else torch.tensor(0.0)

@@ -1,0 +1,40 @@
+"""Raw YuNet outputs → ``Detections``: score √(σ(class) · σ(objectness)) as OpenCV's ``FaceDetectorYN`` reports
+it, decoding at the cell corners, top-k, NMS (``common.boxes.nms``)."""
+from __future__ import annotations
+
+import torch
+
+from common.boxes import nms
+from common.detections import Detections
+from common.points import decode_boxes, decode_landmarks
+from detection.yunet.targets import yunet_points
+
+
+def face_scores(cls_logits: torch.Tensor, obj_logits: torch.Tensor) -> torch.Tensor:
+    """(…, A) class and objectness logits → (…, A) face scores in [0, 1]."""
+    return torch.sqrt(torch.sigmoid(cls_logits.float()) * torch.sigmoid(obj_logits.float()))
+
+
+class YuNetPostprocessor:
+    """``pre_nms_top_k`` / ``keep_top_k`` bound the work per image (``FaceDetectorYN``'s top_k is 5000)."""
+
+    def __init__(self, score_threshold: float = 0.5, nms_iou: float = 0.3, pre_nms_top_k: int = 5000,
+                 keep_top_k: int = 750):
+        self.score_threshold, self.nms_iou = score_threshold, nms_iou
+        self.pre_nms_top_k, self.keep_top_k = pre_nms_top_k, keep_top_k
+
+    def __call__(self, box_raw: torch.Tensor, cls_logits: torch.Tensor, obj_logits: torch.Tensor,
+                 landmark_raw: torch.Tensor, input_height: int, input_width: int) -> list[Detections]:
+        """(B, A, 4), (B, A), (B, A), (B, A, 10) for a (height, width) input → one ``Detections`` per image, in
+        input pixels, by decreasing score."""
+        points, strides = (t.to(box_raw.device) for t in yunet_points(input_height, input_width))
+        scores = face_scores(cls_logits, obj_logits)  # (B, A)
+        results = []
+        for image_raw, image_scores, image_points in zip(box_raw.float(), scores, landmark_raw.float()):
+            keep = torch.nonzero(image_scores > self.score_threshold).squeeze(1)
+            keep = keep[image_scores[keep].argsort(descending=True)[:self.pre_nms_top_k]]
+            boxes = decode_boxes(image_raw[keep], points[keep], strides[keep])  # (K, 4)
+            landmarks = decode_landmarks(image_points[keep], points[keep], strides[keep])  # (K, 5, 2)
+            kept = nms(boxes, image_scores[keep], self.nms_iou)[:self.keep_top_k]
+            results.append(Detections(boxes[kept].cpu(), image_scores[keep][kept].cpu(), landmarks[kept].cpu()))
+        return results
