@@ -7,7 +7,8 @@ the recall-by-face-size curve come from them.
 
 - ``fusion_report.json``: the default fused detector (``configs/pipeline.yaml``), with its members' own figures on
   their calibrated scores at the fusion's threshold;
-- ``retinaface_report.json``: RetinaFace alone, tiles planned down to 20-px faces, at its own threshold;
+- ``retinaface_report.json`` / ``yunet_report.json``: RetinaFace / YuNet alone, tiles planned down to 20-px faces,
+  at its own threshold;
 - ``blazeface_front_report.json`` / ``blazeface_full_report.json``: BlazeFace alone with its config's defaults
   (tiles planned down to 20-px faces, score 0.75), short range and full range;
 - ``blind_*.json``: the fusion with BlazeFace on the whole photo only (no tiles: blind to every face of these
@@ -84,6 +85,7 @@ def run_passes(results: Path) -> None:
                  "blazeface full range": build_detector("blazeface", set_items=["inference.min_face_px=20",
                                                                                  "model.variant=full"]),
                  "retinaface": build_detector("retinaface", set_items=["inference.min_face_px=20"]),
+                 "yunet": build_detector("yunet", set_items=["inference.min_face_px=20"]),
                  "mtcnn": build_detector("mtcnn", set_items=["inference.min_face_px=20"])}
     figures = {}
     for width, height in SIZES:
@@ -113,8 +115,9 @@ def run_missing(results: Path) -> None:
     results.mkdir(parents=True, exist_ok=True)
     if not (results / "fusion_report.json").is_file():
         _evaluate(results / "fusion_report.json", ["--detector", "fusion"])
-    if not (results / "retinaface_report.json").is_file():
-        _evaluate(results / "retinaface_report.json", ["--detector", "retinaface", "--min-face-px", "20"])
+    for name in ("retinaface", "yunet"):
+        if not (results / f"{name}_report.json").is_file():
+            _evaluate(results / f"{name}_report.json", ["--detector", name, "--min-face-px", "20"])
     for variant in ("front", "full"):
         if not (results / f"blazeface_{variant}_report.json").is_file():
             _evaluate(results / f"blazeface_{variant}_report.json",
@@ -134,7 +137,7 @@ def series(results: Path) -> dict[str, dict]:
     threshold = fusion["operating_point"]["score_threshold"]
     columns = {f"{name} (calibrated, ≥ {threshold})": figures for name, figures in fusion["members"].items()}
     for name, label in (("blazeface_front", "BlazeFace short range"), ("blazeface_full", "BlazeFace full range"),
-                        ("retinaface", "RetinaFace")):
+                        ("retinaface", "RetinaFace"), ("yunet", "YuNet")):
         report = load(name)
         columns[f"{label} alone (≥ {report['operating_point']['score_threshold']})"] = report
     columns[f"fusion {'+'.join(fusion['members'])} (default, ≥ {threshold})"] = fusion

@@ -21,8 +21,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from common.boxes import box_iou
-from common.detections import NUM_LANDMARKS
+from common.boxes import box_iou, nms
+from common.detections import NUM_LANDMARKS, Detections
 
 MAX_LOG_SIZE = 8.0  # exp(8) strides: larger raw sizes are clamped so an untrained head cannot overflow
 IOU_EPS = 1e-8
@@ -153,3 +153,20 @@ def assign_batch(assigner: SimOTAAssigner, pred_boxes: torch.Tensor, face_probs:
     batch_points = points.expand(len(targets), -1, -1)[positive]  # (P, 2)
     return BatchAssignment(positive, torch.stack(ignores), torch.stack(ious), torch.cat(boxes), torch.cat(landmarks),
                            batch_points, strides.expand(len(targets), -1)[positive])
+
+
+def point_detections(box_raw: torch.Tensor, scores: torch.Tensor, landmark_raw: torch.Tensor, points: torch.Tensor,
+                     strides: torch.Tensor, score_threshold: float, nms_iou: float, pre_nms_top_k: int,
+                     keep_top_k: int) -> list[Detections]:
+    """Raw box (B, A, 4) and landmark (B, A, 10) outputs with face scores (B, A) at points (A, 2) of strides (A,)
+    → one ``Detections`` per image, in input pixels, by decreasing score: those over ``score_threshold``, the
+    ``pre_nms_top_k`` best decoded, NMS at ``nms_iou``, at most ``keep_top_k`` kept."""
+    results = []
+    for image_raw, image_scores, image_points in zip(box_raw.float(), scores, landmark_raw.float()):
+        keep = torch.nonzero(image_scores > score_threshold).squeeze(1)
+        keep = keep[image_scores[keep].argsort(descending=True)[:pre_nms_top_k]]
+        boxes = decode_boxes(image_raw[keep], points[keep], strides[keep])  # (K, 4)
+        landmarks = decode_landmarks(image_points[keep], points[keep], strides[keep])  # (K, 5, 2)
+        kept = nms(boxes, image_scores[keep], nms_iou)[:keep_top_k]
+        results.append(Detections(boxes[kept].cpu(), image_scores[keep][kept].cpu(), landmarks[kept].cpu()))
+    return results

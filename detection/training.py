@@ -11,6 +11,7 @@ from torchvision.utils import draw_bounding_boxes, make_grid
 from common.config import save_config
 from common.engine import Trainer, is_main_process, make_loader
 from common.metrics import average_precision
+from common.tiling import pad_to_multiple
 from detection.data.dataset import collate_detection
 
 
@@ -66,3 +67,35 @@ def detection_grid(images: torch.Tensor, targets: list[dict], detections, min_sc
                 image = draw_bounding_boxes(image, boxes, colors=colour, width=1)
         drawn.append(image)
     return make_grid(drawn, nrow=4)
+
+
+class PointDetectorTask:
+    """The pieces the trainer calls for an anchor-free detector (YOLO, YuNet): ``preprocess`` (uint8 batch → the
+    network's input, padded to ``input_multiple``), ``loss(*outputs, targets, height, width)`` → named terms and
+    ``postprocess(*outputs, height, width)`` → one ``Detections`` per image."""
+
+    def __init__(self, preprocess, loss, postprocess, input_multiple: int, device: torch.device):
+        self.preprocess, self.loss, self.postprocess = preprocess, loss, postprocess
+        self.input_multiple, self.device = input_multiple, device
+
+    def _forward(self, model, images):
+        inputs = pad_to_multiple(self.preprocess(images.to(self.device)), self.input_multiple)  # (B, 3, S, S)
+        return model(inputs), inputs.shape[-2:]
+
+    def step(self, model, batch) -> dict:
+        images, targets = batch
+        outputs, (height, width) = self._forward(model, images)
+        return self.loss(*outputs, targets, height, width)
+
+    def evaluate(self, model, loader) -> dict:
+        def batches():
+            for images, targets in loader:
+                outputs, (height, width) = self._forward(model, images)
+                yield (self.loss(*outputs, targets, height, width), self.postprocess(*outputs, height, width),
+                       targets)
+        return validation_metrics(batches())
+
+    def visualize(self, model, batch, max_images: int = 8) -> torch.Tensor:
+        images, targets = batch
+        outputs, (height, width) = self._forward(model, images[:max_images])
+        return detection_grid(images[:max_images], targets, self.postprocess(*outputs, height, width))

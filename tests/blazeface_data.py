@@ -1,12 +1,17 @@
-"""Small real training data for BlazeFace tests: face-centred crops of the dlib photos, written as a seed CSV."""
+"""Small real training data for detector tests: face-centred crops of the dlib photos, written as a seed CSV, and
+short from-scratch trainings on them."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from detection.data.readers import read_dlib_xml
+from pipeline import detection_config
+from pipeline.training import train_detector
+from tests.conftest import shared_path
 
 
 def write_face_crops(xml_path: Path, out_dir: Path, limit: int, context: float = 3.0) -> Path:
@@ -42,3 +47,18 @@ def write_face_crops(xml_path: Path, out_dir: Path, limit: int, context: float =
         writer.writerow(["image_path", "x1", "y1", "w", "h", "width", "height"])
         writer.writerows(rows)
     return csv_path
+
+
+def overfit_crops(detector: str, folder: Path, lr: float, epochs: int = 60, input_size: int = 160) -> list[dict]:
+    """``detector`` trained from scratch through the shared trainer on 8 dlib face crops, without augmentation,
+    validated on the same crops: the history of epoch metrics."""
+    torch.set_num_threads(1)
+    crops = write_face_crops(shared_path("data", "detection", "dlib_faces", "training_with_face_landmarks.xml"),
+                             folder / "crops", limit=8)
+    cfg = detection_config(detector, None, {
+        "data.train": str(crops), "data.val": str(crops), "data.format": "csv", "data.augment": False,
+        "model.pretrained": False, "train.input_size": input_size, "train.epochs": epochs, "train.batch_size": 8,
+        "train.lr": lr, "train.num_workers": 0, "train.device": "cpu", "train.checkpoint_every": 1000,
+        "output.checkpoint_dir": str(folder / "checkpoints"), "output.log_dir": str(folder / "logs"),
+        "output.auto_resume": False})
+    return train_detector(cfg)

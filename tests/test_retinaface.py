@@ -19,6 +19,7 @@ from detection.retinaface.loss import RetinaFaceLoss
 from detection.retinaface.postprocess import RetinaFacePostprocessor
 from detection.retinaface.targets import FLAVORS, RetinaFaceAnchors, RetinaFaceTargetBuilder
 from pipeline import default_config_path, detection_config, detector_from_config
+from tests.blazeface_data import overfit_crops
 from tests.conftest import shared_path
 
 CHECKPOINT = ("models", "retinaface", "mobilenet0.25_Final.pth")
@@ -228,19 +229,7 @@ def test_infer_cli_with_retinaface(tmp_path):
 def test_overfit_a_few_real_photos(tmp_path):
     """From scratch on 8 dlib face crops (no augmentation, validated on the same crops): loss falls tenfold,
     AP@0.5 rises from ~0 to ≥ 0.9."""
-    from pipeline.training import train_detector
-    from tests.blazeface_data import write_face_crops
-
-    torch.set_num_threads(1)
-    crops = write_face_crops(shared_path("data", "detection", "dlib_faces", "training_with_face_landmarks.xml"),
-                             tmp_path / "crops", limit=8)
-    cfg = detection_config("retinaface", None, {
-        "data.train": str(crops), "data.val": str(crops), "data.format": "csv", "data.augment": False,
-        "model.pretrained": False, "train.input_size": 160, "train.epochs": 60, "train.batch_size": 8,
-        "train.lr": 5e-3, "train.num_workers": 0, "train.device": "cpu", "train.checkpoint_every": 1000,
-        "output.checkpoint_dir": str(tmp_path / "checkpoints"), "output.log_dir": str(tmp_path / "logs"),
-        "output.auto_resume": False})
-    history = train_detector(cfg)
+    history = overfit_crops("retinaface", tmp_path, lr=5e-3)
     first, last = history[0], history[-1]
     assert first["val/ap50"] < 0.1
     assert last["val/ap50"] >= 0.9, last

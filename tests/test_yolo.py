@@ -21,7 +21,7 @@ from detection.yolo.postprocess import YoloPostprocessor
 from detection.yolo.pseudo_labels import annotations_from_labels, collect_images
 from common.points import UNASSIGNED, SimOTAAssigner, decode_boxes, decode_landmarks, encode_landmarks
 from detection.yolo.targets import anchor_points
-from detection.yolo.training import YoloTask
+from detection.yolo.training import yolo_task
 from tests.conftest import shared_path
 
 DLIB_LANDMARKS_XML = ("data", "detection", "dlib_faces", "training_with_face_landmarks.xml")
@@ -93,10 +93,10 @@ def test_simota_gives_a_location_wanted_by_two_faces_to_the_cheaper_one():
     assert empty.tolist() == [UNASSIGNED, UNASSIGNED]
 
 
-def test_loss_terms_are_finite_and_ignored_faces_make_no_positives():
-    cfg = yolo_cfg()
-    task = YoloTask(cfg, torch.device("cpu"))
-    model = YoloFace()
+def check_point_loss(task, model: torch.nn.Module, terms_named: set[str]) -> None:
+    """An anchor-free detector's training step on a face with landmarks, a face without and an ignored one, and
+    an empty image: finite terms (``terms_named`` among them) and gradients, and an image whose faces are all
+    ignored makes no positives and no box loss (YOLO here, YuNet in tests/test_yunet.py)."""
     images = torch.randint(0, 255, (3, 3, 128, 128), dtype=torch.uint8)
     points = torch.tensor([[40.0, 40], [60, 40], [50, 50], [42, 60], [58, 60]])
     targets = [
@@ -106,7 +106,7 @@ def test_loss_terms_are_finite_and_ignored_faces_make_no_positives():
         {"boxes": torch.zeros(0, 4), "landmarks": torch.zeros(0, 5, 2), "ignore": torch.zeros(0, dtype=torch.bool)},
     ]
     terms = task.step(model, (images, targets))
-    assert set(terms) >= {"loss", "loss_box", "loss_obj", "loss_landmarks"}
+    assert set(terms) >= {"loss", "loss_box", "loss_landmarks", *terms_named}
     assert all(torch.isfinite(value) for value in terms.values())
     assert terms["num_positive"] >= 2 and terms["loss_landmarks"] > 0
     terms["loss"].backward()
@@ -114,6 +114,10 @@ def test_loss_terms_are_finite_and_ignored_faces_make_no_positives():
     only_ignored = [{**targets[1], "ignore": torch.tensor([True, True])}]
     ignored = task.step(model, (images[1:2], only_ignored))
     assert ignored["num_positive"] == 0 and ignored["loss_box"] == 0
+
+
+def test_loss_terms_are_finite_and_ignored_faces_make_no_positives():
+    check_point_loss(yolo_task(yolo_cfg(), torch.device("cpu")), YoloFace(), {"loss_obj"})
 
 
 def test_postprocess_decodes_one_confident_location():
@@ -170,7 +174,7 @@ def test_overfits_real_face_crops(tmp_path):
     torch.manual_seed(0)
     crops = face_crops(tmp_path)[:4]
     batch = collate_detection([FaceDetectionDataset(crops, 128)[i] for i in range(len(crops))])
-    task = YoloTask(yolo_cfg(), torch.device("cpu"))
+    task = yolo_task(yolo_cfg(), torch.device("cpu"))
     model = YoloFace()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     with torch.no_grad():

@@ -21,10 +21,12 @@ from detection.evaluation import evaluate_detector, load_benchmark
 from detection.yunet.detector import load_weights, preprocess, yunet_detector
 from detection.yunet.postprocess import YuNetPostprocessor, face_scores
 from detection.yunet.targets import yunet_points
-from detection.yunet.training import YuNetTask
+from detection.yunet.training import yunet_task
 from pipeline import default_config_path, detection_config, detector_from_config
+from tests.blazeface_data import overfit_crops
 from tests.conftest import shared_path
 from tests.test_retinaface import small_face_photo
+from tests.test_yolo import check_point_loss
 
 CHECKPOINT = ("models", "yunet", "yunet_n.pth")
 ONNX_FILE = ("models", "yunet", "yunet_n_640_640.onnx")
@@ -147,25 +149,9 @@ def test_planned_passes_find_a_face_too_small_for_the_whole_photo():
 
 
 def test_loss_terms_are_finite_and_ignored_faces_make_no_positives():
-    task = YuNetTask(detection_config("yunet", None), torch.device("cpu"))
     torch.manual_seed(0)
-    model = build_model("yunet_n")
-    images = torch.randint(0, 255, (3, 3, 128, 128), dtype=torch.uint8)
-    points = torch.tensor([[40.0, 40], [60, 40], [50, 50], [42, 60], [58, 60]])
-    targets = [
-        {"boxes": torch.tensor([[30.0, 28, 70, 72]]), "landmarks": points[None], "ignore": torch.tensor([False])},
-        {"boxes": torch.tensor([[10.0, 10, 50, 50], [60, 60, 120, 120]]),
-         "landmarks": torch.full((2, 5, 2), float("nan")), "ignore": torch.tensor([False, True])},
-        {"boxes": torch.zeros(0, 4), "landmarks": torch.zeros(0, 5, 2), "ignore": torch.zeros(0, dtype=torch.bool)},
-    ]
-    terms = task.step(model, (images, targets))
-    assert set(terms) >= {"loss", "loss_box", "loss_cls", "loss_obj", "loss_landmarks"}
-    assert all(torch.isfinite(value) for value in terms.values())
-    assert terms["num_positive"] >= 2 and terms["loss_landmarks"] > 0
-    terms["loss"].backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    ignored = task.step(model, (images[1:2], [{**targets[1], "ignore": torch.tensor([True, True])}]))
-    assert ignored["num_positive"] == 0 and ignored["loss_box"] == 0 and ignored["loss_cls"] == 0
+    check_point_loss(yunet_task(detection_config("yunet", None), torch.device("cpu")), build_model("yunet_n"),
+                     {"loss_cls", "loss_obj"})
 
 
 def test_infer_cli_with_yunet(tmp_path):
@@ -183,19 +169,7 @@ def test_infer_cli_with_yunet(tmp_path):
 def test_overfit_a_few_real_photos(tmp_path):
     """From scratch on 8 dlib face crops (no augmentation, validated on the same crops) through the shared
     trainer: AP@0.5 rises from ~0 to ≥ 0.9 and the loss falls at least threefold."""
-    from pipeline.training import train_detector
-    from tests.blazeface_data import write_face_crops
-
-    torch.set_num_threads(1)
-    crops = write_face_crops(shared_path("data", "detection", "dlib_faces", "training_with_face_landmarks.xml"),
-                             tmp_path / "crops", limit=8)
-    cfg = detection_config("yunet", None, {
-        "data.train": str(crops), "data.val": str(crops), "data.format": "csv", "data.augment": False,
-        "model.pretrained": False, "train.input_size": 160, "train.epochs": 60, "train.batch_size": 8,
-        "train.lr": 1e-2, "train.num_workers": 0, "train.device": "cpu", "train.checkpoint_every": 1000,
-        "output.checkpoint_dir": str(tmp_path / "checkpoints"), "output.log_dir": str(tmp_path / "logs"),
-        "output.auto_resume": False})
-    history = train_detector(cfg)
+    history = overfit_crops("yunet", tmp_path, lr=1e-2)
     first, last = history[0], history[-1]
     assert first["val/ap50"] < 0.1
     assert last["val/ap50"] >= 0.9, last

@@ -1,11 +1,10 @@
-"""Raw YOLO outputs → ``Detections``: sigmoid face score, decoding, top-k, NMS (``common.boxes.nms``)."""
+"""Raw YOLO outputs → ``Detections``: sigmoid face score, decoding, top-k, NMS (``common.points.point_detections``)."""
 from __future__ import annotations
 
 import torch
 
-from common.boxes import nms
 from common.detections import Detections
-from common.points import decode_boxes, decode_landmarks
+from common.points import point_detections
 from detection.yolo.targets import anchor_points
 
 
@@ -22,13 +21,5 @@ class YoloPostprocessor:
         """(B, A, 4), (B, A), (B, A, 10) for a (height, width) input → one ``Detections`` per image, in input
         pixels, by decreasing score."""
         points, strides = (t.to(box_raw.device) for t in anchor_points(input_height, input_width))
-        scores = torch.sigmoid(logits.float())  # (B, A)
-        results = []
-        for image_raw, image_scores, image_points in zip(box_raw.float(), scores, landmark_raw.float()):
-            keep = torch.nonzero(image_scores > self.score_threshold).squeeze(1)
-            keep = keep[image_scores[keep].argsort(descending=True)[:self.pre_nms_top_k]]
-            boxes = decode_boxes(image_raw[keep], points[keep], strides[keep])  # (K, 4)
-            landmarks = decode_landmarks(image_points[keep], points[keep], strides[keep])  # (K, 5, 2)
-            kept = nms(boxes, image_scores[keep], self.nms_iou)[:self.keep_top_k]
-            results.append(Detections(boxes[kept].cpu(), image_scores[keep][kept].cpu(), landmarks[kept].cpu()))
-        return results
+        return point_detections(box_raw, torch.sigmoid(logits.float()), landmark_raw, points, strides,
+                                self.score_threshold, self.nms_iou, self.pre_nms_top_k, self.keep_top_k)

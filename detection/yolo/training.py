@@ -13,7 +13,7 @@ from common.engine import init_distributed, is_main_process, resolve_device
 from common.points import SimOTAAssigner
 from common.registry import build_model
 from detection.data.dataset import FaceDetectionDataset
-from detection.training import detection_grid, fit_detector, validation_metrics
+from detection.training import PointDetectorTask, fit_detector
 from detection.data.readers import read_train_val, split_by_image
 from detection.yolo.config import NAME
 from detection.yolo.detector import load_weights, preprocess
@@ -24,37 +24,14 @@ from detection.yolo.pseudo_labels import (PSEUDO_LABEL_SOURCES, annotations_from
                                           collect_images, pseudo_label)
 from detection.yolo.targets import INPUT_MULTIPLE
 
-class YoloTask:
+def yolo_task(cfg: dict, device: torch.device) -> PointDetectorTask:
     """The YOLO pieces the trainer calls: one training step, validation, and image grids."""
-
-    def __init__(self, cfg: dict, device: torch.device):
-        self.device = device
-        loss = cfg["loss"]
-        assigner = SimOTAAssigner(loss["center_radius"], loss["candidate_topk"], loss["iou_weight"])
-        self.loss = YoloLoss(assigner, loss["box_weight"], loss["obj_weight"], loss["landmark_weight"])
-        self.postprocess = YoloPostprocessor(cfg["eval"]["score_threshold"], cfg["eval"]["nms_iou"])
-
-    def _forward(self, model, images):
-        inputs = preprocess(images.to(self.device))  # (B, 3, S, S)
-        return model(inputs), inputs.shape[-2:]
-
-    def step(self, model, batch) -> dict:
-        images, targets = batch
-        outputs, (height, width) = self._forward(model, images)
-        return self.loss(*outputs, targets, height, width)
-
-    def evaluate(self, model, loader) -> dict:
-        def batches():
-            for images, targets in loader:
-                outputs, (height, width) = self._forward(model, images)
-                yield (self.loss(*outputs, targets, height, width), self.postprocess(*outputs, height, width),
-                       targets)
-        return validation_metrics(batches())
-
-    def visualize(self, model, batch, max_images: int = 8) -> torch.Tensor:
-        images, targets = batch
-        outputs, (height, width) = self._forward(model, images[:max_images])
-        return detection_grid(images[:max_images], targets, self.postprocess(*outputs, height, width))
+    loss = cfg["loss"]
+    assigner = SimOTAAssigner(loss["center_radius"], loss["candidate_topk"], loss["iou_weight"])
+    return PointDetectorTask(preprocess, YoloLoss(assigner, loss["box_weight"], loss["obj_weight"],
+                                                  loss["landmark_weight"]),
+                             YoloPostprocessor(cfg["eval"]["score_threshold"], cfg["eval"]["nms_iou"]),
+                             INPUT_MULTIPLE, device)
 
 
 def warmup_cosine(epochs: int, warmup_epochs: int, min_lr_ratio: float):
@@ -120,6 +97,6 @@ def run_yolo_training(cfg: dict, teacher_factory=None) -> list[dict]:
     augmentation = cfg["data"]["augmentation"] if cfg["data"]["augment"] else None
     train_set = MosaicDataset(train, tcfg["input_size"], augmentation, cfg["data"]["mosaic"], seed=tcfg["seed"])
     val_set = FaceDetectionDataset(val, tcfg["input_size"], None)
-    return fit_detector(model, YoloTask(cfg, device), train_set, val_set, cfg, NAME, device,
+    return fit_detector(model, yolo_task(cfg, device), train_set, val_set, cfg, NAME, device,
                         make_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
                             optimizer, warmup_cosine(tcfg["epochs"], tcfg["warmup_epochs"], tcfg["min_lr_ratio"])))

@@ -12,6 +12,7 @@ unnormalised: ``detector.preprocess``) and returns raw outputs; points, decoding
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -29,6 +30,7 @@ POOLED_AFTER = (0, 2, 3, 4)  # max-pool 2×2 after the stem and blocks 2, 3, 4
 OUTPUT_BLOCKS = (3, 4, 5)  # strides 8, 16, 32
 NUM_BOX_VALUES = 4
 NUM_LANDMARK_VALUES = 2 * NUM_LANDMARKS
+PRIOR_PROBABILITY = 0.01
 
 
 class DepthwisePointUnit(nn.Module):
@@ -117,6 +119,10 @@ class Head(nn.Module):
                                               for _ in levels)
         self.multi_level_kps = nn.ModuleList(DepthwisePointUnit(channels, NUM_LANDMARK_VALUES, head=True)
                                              for _ in levels)
+        # from scratch, every location starts at the prior probability of a face, so the thousands of background
+        # locations do not swamp the first steps (RetinaNet's initialisation)
+        for head in (*self.multi_level_cls, *self.multi_level_obj):
+            nn.init.constant_(head.conv2.bias, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
 
     def forward(self, levels: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Per-level (B, C, h, w) → box (B, A, 4), class logit (B, A), objectness logit (B, A), landmarks

@@ -1,12 +1,11 @@
 """Raw YuNet outputs → ``Detections``: score √(σ(class) · σ(objectness)) as OpenCV's ``FaceDetectorYN`` reports
-it, decoding at the cell corners, top-k, NMS (``common.boxes.nms``)."""
+it, decoding at the cell corners, top-k, NMS (``common.points.point_detections``)."""
 from __future__ import annotations
 
 import torch
 
-from common.boxes import nms
 from common.detections import Detections
-from common.points import decode_boxes, decode_landmarks
+from common.points import point_detections
 from detection.yunet.targets import yunet_points
 
 
@@ -28,13 +27,5 @@ class YuNetPostprocessor:
         """(B, A, 4), (B, A), (B, A), (B, A, 10) for a (height, width) input → one ``Detections`` per image, in
         input pixels, by decreasing score."""
         points, strides = (t.to(box_raw.device) for t in yunet_points(input_height, input_width))
-        scores = face_scores(cls_logits, obj_logits)  # (B, A)
-        results = []
-        for image_raw, image_scores, image_points in zip(box_raw.float(), scores, landmark_raw.float()):
-            keep = torch.nonzero(image_scores > self.score_threshold).squeeze(1)
-            keep = keep[image_scores[keep].argsort(descending=True)[:self.pre_nms_top_k]]
-            boxes = decode_boxes(image_raw[keep], points[keep], strides[keep])  # (K, 4)
-            landmarks = decode_landmarks(image_points[keep], points[keep], strides[keep])  # (K, 5, 2)
-            kept = nms(boxes, image_scores[keep], self.nms_iou)[:self.keep_top_k]
-            results.append(Detections(boxes[kept].cpu(), image_scores[keep][kept].cpu(), landmarks[kept].cpu()))
-        return results
+        return point_detections(box_raw, face_scores(cls_logits, obj_logits), landmark_raw, points, strides,
+                                self.score_threshold, self.nms_iou, self.pre_nms_top_k, self.keep_top_k)

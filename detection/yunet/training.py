@@ -7,10 +7,9 @@ from common.config import ConfigError
 from common.engine import init_distributed, resolve_device
 from common.points import SimOTAAssigner
 from common.registry import build_model
-from common.tiling import pad_to_multiple
 from detection.data.dataset import FaceDetectionDataset
 from detection.data.readers import read_train_val
-from detection.training import detection_grid, fit_detector, validation_metrics
+from detection.training import PointDetectorTask, fit_detector
 from detection.yunet.config import resolve_weights
 from detection.yunet.detector import MODELS, load_weights, preprocess
 from detection.yunet.loss import YuNetLoss
@@ -18,37 +17,13 @@ from detection.yunet.postprocess import YuNetPostprocessor
 from detection.yunet.targets import INPUT_MULTIPLE
 
 
-class YuNetTask:
+def yunet_task(cfg: dict, device: torch.device) -> PointDetectorTask:
     """The YuNet pieces the trainer calls: one training step, validation, and image grids."""
-
-    def __init__(self, cfg: dict, device: torch.device):
-        self.device = device
-        loss = dict(cfg["loss"])
-        assigner = SimOTAAssigner(loss.pop("center_radius"), loss.pop("candidate_topk"), loss.pop("iou_weight"))
-        self.loss = YuNetLoss(assigner, **loss)
-        self.postprocess = YuNetPostprocessor(cfg["eval"]["score_threshold"], cfg["eval"]["nms_iou"])
-
-    def _forward(self, model, images):
-        inputs = pad_to_multiple(preprocess(images.to(self.device)), INPUT_MULTIPLE)  # (B, 3, S, S)
-        return model(inputs), inputs.shape[-2:]
-
-    def step(self, model, batch) -> dict:
-        images, targets = batch
-        outputs, (height, width) = self._forward(model, images)
-        return self.loss(*outputs, targets, height, width)
-
-    def evaluate(self, model, loader) -> dict:
-        def batches():
-            for images, targets in loader:
-                outputs, (height, width) = self._forward(model, images)
-                yield (self.loss(*outputs, targets, height, width), self.postprocess(*outputs, height, width),
-                       targets)
-        return validation_metrics(batches())
-
-    def visualize(self, model, batch, max_images: int = 8) -> torch.Tensor:
-        images, targets = batch
-        outputs, (height, width) = self._forward(model, images[:max_images])
-        return detection_grid(images[:max_images], targets, self.postprocess(*outputs, height, width))
+    loss = dict(cfg["loss"])
+    assigner = SimOTAAssigner(loss.pop("center_radius"), loss.pop("candidate_topk"), loss.pop("iou_weight"))
+    return PointDetectorTask(preprocess, YuNetLoss(assigner, **loss),
+                             YuNetPostprocessor(cfg["eval"]["score_threshold"], cfg["eval"]["nms_iou"]),
+                             INPUT_MULTIPLE, device)
 
 
 def build_yunet_model(cfg: dict) -> torch.nn.Module:
@@ -76,4 +51,4 @@ def run_yunet_training(cfg: dict) -> list[dict]:
     augmentation = cfg["data"]["augmentation"] if cfg["data"]["augment"] else None
     train_set = FaceDetectionDataset(train, tcfg["input_size"], augmentation, seed=tcfg["seed"])
     val_set = FaceDetectionDataset(val, tcfg["input_size"], None)
-    return fit_detector(model, YuNetTask(cfg, device), train_set, val_set, cfg, "YuNet", device)
+    return fit_detector(model, yunet_task(cfg, device), train_set, val_set, cfg, "YuNet", device)
