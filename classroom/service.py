@@ -20,8 +20,8 @@ from classroom.enrolment import QUALITY_DEFAULTS, check_enrollment_photo, roster
 from classroom.report import annotate, small_face_advice, write_csv, write_html, write_json
 from classroom.session import PhotoMarks, merge_session
 from common.detections import face_widths
-from matching.identification import (UnknownThresholds, assign, calibrate_thresholds, calibrate_unknown_threshold,
-                                     student_scores)
+from matching.identification import (MAX_IMPOSTOR_PAIRS, UnknownThresholds, assign, calibrate_thresholds,
+                                     calibrate_unknown_threshold, student_scores)
 from pipeline import pipeline_config, pipeline_from_config
 
 ATTENDANCE_DEFAULTS = {
@@ -32,7 +32,8 @@ ATTENDANCE_DEFAULTS = {
     "device": "cpu",
     "quality": dict(QUALITY_DEFAULTS),
     "matching": {"target_far": None, "floor": None, "tail": "normal", "min_margin": None,
-                 "calibrate_face_px": [16.0, 24.0, 32.0, 48.0], "reliable_face_px": 16.0},
+                 "calibrate_face_px": [16.0, 24.0, 32.0, 48.0], "reliable_face_px": 16.0,
+                 "max_impostor_pairs": MAX_IMPOSTOR_PAIRS},
     "demo": {"lfw_root": None, "folds": [], "classes": 20, "students": 30, "present": 25, "strangers": 5,
              "enroll_photos": 2,
              "canvas": [1920, 1080], "seed": 0},
@@ -164,14 +165,15 @@ class AttendanceService:
         """(threshold, impostor pairs) of one full-size photo against another, calibrated on a gallery's photos with
         the target false-accept rate, tail and floor of ``settings`` (``matching``)."""
         return calibrate_unknown_threshold(vectors, owners, settings["target_far"], settings["floor"],
-                                           settings["tail"])
+                                           settings["tail"], settings["max_impostor_pairs"])
 
     @staticmethod
     def thresholds(gallery: Gallery, settings: dict) -> UnknownThresholds:
         """What a face needs to score for each student, by its size (``calibrate_thresholds`` on the gallery's
         photos and their small-face copies)."""
         return calibrate_thresholds(gallery.vectors, gallery.owners, len(gallery.names), gallery.degraded,
-                                    settings["target_far"], settings["floor"], settings["tail"])
+                                    settings["target_far"], settings["floor"], settings["tail"],
+                                    settings["max_impostor_pairs"])
 
     @staticmethod
     def small_face_vectors(embedder, image: np.ndarray, landmarks, sizes) -> dict[float, np.ndarray]:
@@ -286,6 +288,7 @@ class AttendanceService:
         write_csv(out / "attendance.csv", marks)
         summary = write_json(out / "attendance.json", marks, unknown, class_name=class_name, session=session,
                              date=date, threshold=round(threshold, 4), impostor_pairs=thresholds.impostor_pairs,
+                             gallery_impostor_pairs=thresholds.gallery_pairs,
                              thresholds_by_face_px=thresholds.summary(), small_faces=advice)
         write_html(out / "report.html", class_name, session, marks, results, gallery.names, threshold, advice)
         session_id = self.db.save_session(

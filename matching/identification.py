@@ -17,16 +17,27 @@ from scipy.stats import norm
 from common.config import ConfigError
 
 
+FACE_CHUNK = 256  # faces scored at once: bounds the (faces × gallery photos) similarity matrix
+
+
 def student_scores(face_embeddings: np.ndarray, gallery) -> np.ndarray:
-    """(F, S) best cosine similarity of each face to each student's enrolled photos."""
-    if len(face_embeddings) == 0 or len(gallery.names) == 0:
-        return np.zeros((len(face_embeddings), len(gallery.names)), np.float32)
-    similarity = face_embeddings @ gallery.vectors.T  # (F, M)
-    scores = np.full((len(face_embeddings), len(gallery.names)), -1.0, np.float32)
-    for student in range(len(gallery.names)):
-        mine = gallery.owners == student
-        if mine.any():
-            scores[:, student] = similarity[:, mine].max(1)
+    """(F, S) best cosine similarity of each face to each student's enrolled photos (-1 for a student without
+    photos). One matrix product per chunk of faces, then the best per student in one ``np.maximum.reduceat`` over
+    the gallery's photos grouped by owner: no loop over students, so the cost grows with the gallery's photos,
+    not with students × photos."""
+    students = len(gallery.names)
+    scores = np.full((len(face_embeddings), students), -1.0, np.float32)
+    if len(face_embeddings) == 0 or len(gallery.owners) == 0:
+        return scores
+    owners = np.asarray(gallery.owners)
+    order = None if np.all(owners[:-1] <= owners[1:]) else np.argsort(owners, kind="stable")
+    grouped = owners if order is None else owners[order]  # (M,) non-decreasing
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])  # (U,) first photo of each owner
+    for first in range(0, len(face_embeddings), FACE_CHUNK):
+        similarity = face_embeddings[first:first + FACE_CHUNK] @ gallery.vectors.T  # (f, M)
+        if order is not None:
+            similarity = similarity[:, order]
+        scores[first:first + FACE_CHUNK, grouped[starts]] = np.maximum.reduceat(similarity, starts, axis=1)
     return scores
 
 
@@ -35,23 +46,67 @@ TAILS = ("normal", "empirical")
 FISHER_CLIP = 1 - 1e-6
 
 
-def impostor_scores(vectors: np.ndarray, owners: np.ndarray) -> np.ndarray:
-    """The cosine of every pair of ``vectors`` (M, D) with different ``owners`` (M,), each pair once."""
-    similarity = vectors @ vectors.T  # (M, M)
-    return similarity[np.triu(owners[:, None] != owners[None, :], k=1)]
+# impostor pairs a calibration scores at most: every pair of a class (a few thousand) is far under it; a gallery of
+# 100,000 people (500,000 photos, 1.25e11 pairs) is calibrated on a seeded uniform sample of this many
+MAX_IMPOSTOR_PAIRS = 1_000_000
+PAIR_CHUNK = 65_536  # pairs whose embeddings are gathered at once
+SAMPLE_SEED = 0
+
+
+def impostor_pairs(owners: np.ndarray, max_pairs: int = MAX_IMPOSTOR_PAIRS, ordered: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rows, columns, how many such pairs exist): the photo pairs (i, j) with different ``owners`` (M,), each
+    unordered pair once (``ordered``: both (i, j) and (j, i)); all of them when there are at most ``max_pairs``,
+    else a seeded uniform sample of ``max_pairs`` (drawn with replacement)."""
+    owners = np.asarray(owners)
+    same = np.bincount(owners).astype(np.int64)
+    total = (len(owners) ** 2 - int((same ** 2).sum())) // (1 if ordered else 2)  # pairs with different owners
+    if total <= max_pairs:
+        different = owners[:, None] != owners[None, :]  # (M, M), at most ~1,400 photos here
+        rows, columns = np.nonzero(different if ordered else np.triu(different, k=1))
+        return rows, columns, total
+    rng = np.random.default_rng(SAMPLE_SEED)
+    rows, columns = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    while len(rows) < max_pairs:  # rejection: almost every draw of a large gallery is a pair of two people
+        draw_rows, draw_columns = rng.integers(len(owners), size=(2, max_pairs))
+        keep = owners[draw_rows] != owners[draw_columns]
+        rows, columns = np.r_[rows, draw_rows[keep]], np.r_[columns, draw_columns[keep]]
+    return rows[:max_pairs], columns[:max_pairs], total
+
+
+def pair_scores(first: np.ndarray, second: np.ndarray, rows: np.ndarray, columns: np.ndarray, every_pair: bool
+                ) -> np.ndarray:
+    """(P,) cosine of ``first[rows[p]]`` and ``second[columns[p]]`` (L2-normalised (M, D) arrays): for
+    ``every_pair`` of a small gallery, read from the (M, M) matrix product; for a sample, a chunk of pairs at a
+    time."""
+    if every_pair:
+        return (first @ second.T)[rows, columns]
+    scores = np.empty(len(rows), np.float32)
+    for start in range(0, len(rows), PAIR_CHUNK):
+        chunk = slice(start, start + PAIR_CHUNK)
+        scores[chunk] = np.einsum("pd,pd->p", first[rows[chunk]], second[columns[chunk]])
+    return scores
+
+
+def impostor_scores(vectors: np.ndarray, owners: np.ndarray, max_pairs: int = MAX_IMPOSTOR_PAIRS) -> np.ndarray:
+    """The cosine of every pair of ``vectors`` (M, D) with different ``owners`` (M,), each pair once, or of a
+    sample of ``max_pairs`` of them (``impostor_pairs``)."""
+    rows, columns, total = impostor_pairs(owners, max_pairs)
+    return pair_scores(vectors, vectors, rows, columns, len(rows) == total)
 
 
 def calibrate_unknown_threshold(vectors: np.ndarray, owners: np.ndarray, target_far: float, floor: float,
-                                tail: str = "empirical") -> tuple[float, int]:
+                                tail: str = "empirical", max_pairs: int = MAX_IMPOSTOR_PAIRS) -> tuple[float, int]:
     """(threshold, impostor pairs): the similarity that impostor scores (photos of different enrolled students,
     ``vectors`` (M, D) owned by ``owners`` (M,)) exceed with probability ``target_far``, never under ``floor``.
 
     ``tail="empirical"``: their ``1 - target_far`` quantile. A class of 30 has ~1,700 impostor pairs, so at 1e-3
     that is about the single largest pair, and one look-alike pair sets the whole class's threshold.
     ``tail="normal"``: a normal fitted to the Fisher-transformed scores (arctanh), read at ``1 - target_far``: the
-    tail estimated from every pair, not from the most extreme one."""
+    tail estimated from every pair, not from the most extreme one. Impostor pairs: every one, or a sample of
+    ``max_pairs`` in a large gallery; the count returned is of those scored."""
     check_tail(tail)
-    impostor = impostor_scores(vectors, owners) if len(vectors) >= 2 else np.zeros(0)
+    impostor = impostor_scores(vectors, owners, max_pairs) if len(vectors) >= 2 else np.zeros(0)
     if impostor.size == 0:
         return floor, 0
     return max(floor, float(tail_quantile(impostor, np.array([target_far]), tail)[0])), int(impostor.size)
@@ -85,7 +140,8 @@ class UnknownThresholds:
     face_px: tuple[float, ...]
     table: np.ndarray
     full_size: float      # a full-size face's for a student enrolled from one photo: the class's figure
-    impostor_pairs: int
+    impostor_pairs: int   # impostor pairs scored: every pair of the gallery, or a sample of them
+    gallery_pairs: int    # impostor pairs the gallery has
 
     def rows(self, face_widths: np.ndarray) -> np.ndarray:
         """(F,) the row of ``table`` for faces ``face_widths`` (F,) px wide."""
@@ -104,7 +160,8 @@ class UnknownThresholds:
 
 
 def calibrate_thresholds(vectors: np.ndarray, owners: np.ndarray, students: int, degraded: dict[float, np.ndarray],
-                         target_far: float, floor: float, tail: str = "normal") -> UnknownThresholds:
+                         target_far: float, floor: float, tail: str = "normal", max_pairs: int = MAX_IMPOSTOR_PAIRS
+                         ) -> UnknownThresholds:
     """Thresholds per face size and per student from a gallery's impostor scores (``vectors`` (M, D) of photos
     owned by ``owners`` (M,), indexes of ``students``).
 
@@ -114,22 +171,26 @@ def calibrate_thresholds(vectors: np.ndarray, owners: np.ndarray, students: int,
       that wide ((M, D), row for row): their scores against the other students' full-size photos are the impostor
       scores of faces that small, and give that size's thresholds; ``floor`` moves with them (by the shift of the
       Fisher-transformed impostor mean), so a small face is held to the same rate, neither accepted too easily nor
-      hopelessly rejected."""
+      hopelessly rejected.
+    Impostor pairs: every one, or in a large gallery a sample of ``max_pairs`` (``impostor_pairs``)."""
     check_tail(tail)
     photos = np.bincount(owners, minlength=students).astype(np.float64)  # (S,)
     rates = target_far / np.maximum(photos, 1)  # (S,)
-    different = owners[:, None] != owners[None, :]  # (M, M)
-    full = impostor_scores(vectors, owners) if len(vectors) >= 2 else np.zeros(0)
-    if full.size == 0:
-        return UnknownThresholds((), np.full((1, students), floor, np.float64), floor, 0)
+    pair_rows, pair_columns, total = impostor_pairs(owners, max_pairs)
+    if len(pair_rows) == 0:
+        return UnknownThresholds((), np.full((1, students), floor, np.float64), floor, 0, 0)
+    full = pair_scores(vectors, vectors, pair_rows, pair_columns, len(pair_rows) == total)
     rows, sizes = [], sorted(degraded)
+    if sizes:  # a degraded photo against another student's photo: both orders of a pair
+        ordered_rows, ordered_columns, ordered_total = impostor_pairs(owners, max_pairs, ordered=True)
     for face_px in sizes:
-        small = (degraded[face_px] @ vectors.T)[different]  # degraded photo vs another student's photo
+        small = pair_scores(degraded[face_px], vectors, ordered_rows, ordered_columns,
+                            len(ordered_rows) == ordered_total)
         shifted_floor = float(np.tanh(fisher(np.array(floor)) + fisher(small).mean() - fisher(full).mean()))
         rows.append(np.maximum(tail_quantile(small, rates, tail), shifted_floor))
     rows.append(np.maximum(tail_quantile(full, rates, tail), floor))
     single = max(floor, float(tail_quantile(full, np.array([target_far]), tail)[0]))
-    return UnknownThresholds(tuple(float(size) for size in sizes), np.stack(rows), single, int(full.size))
+    return UnknownThresholds(tuple(float(size) for size in sizes), np.stack(rows), single, int(full.size), total)
 
 
 def assign(scores: np.ndarray, threshold: float | np.ndarray, min_margin: float = 0.0) -> list[tuple[int, int]]:

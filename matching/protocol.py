@@ -28,7 +28,7 @@ LFW_IMAGE_DIRS = ("deepfunneled", "lfw_funneled", "lfw-deepfunneled", "lfw")  # 
 LFW_FOLDS = 10
 TARGET_FAR = 1e-3
 KFOLD_SEED = 0
-CSV_COLUMNS = ("file_x", "file_y", "same")
+CSV_COLUMNS = ("file_x", "file_y", "same")  # the label column may have any name: deepface's own files say Decision
 TRUE_WORDS = frozenset({"1", "yes", "y", "true", "same"})
 FALSE_WORDS = frozenset({"0", "no", "n", "false", "different"})
 
@@ -157,13 +157,14 @@ def _parse_same(value: str, path: Path, line_number: int) -> bool:
         return True
     if word in FALSE_WORDS:
         return False
-    raise PairsError(f"{path}:{line_number}: same must be 1/0, yes/no or true/false, got {value!r}")
+    raise PairsError(f"{path}:{line_number}: the label must be 1/0, yes/no or true/false, got {value!r}")
 
 
 def read_pairs_csv(path: str | Path, images: str | Path | None = None, folds: int = LFW_FOLDS,
                    seed: int = KFOLD_SEED) -> list[Pair]:
-    """A user's pair CSV with the header ``file_x,file_y,same`` (same = 1/0, Yes/No, true/false), files relative
-    to ``images`` (default: the CSV's folder). Folds: ``KFold(folds, shuffle=True, random_state=seed)``."""
+    """A user's pair CSV with the header ``file_x,file_y,<label>`` (the label column under any name, e.g. ``same``
+    or deepface's ``Decision``; values 1/0, Yes/No, true/false), files relative to ``images`` (default: the CSV's
+    folder). Folds: ``KFold(folds, shuffle=True, random_state=seed)``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pairs CSV not found: {path}")
@@ -173,9 +174,11 @@ def read_pairs_csv(path: str | Path, images: str | Path | None = None, folds: in
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
-    if not rows or [cell.strip().lower() for cell in rows[0][1]] != list(CSV_COLUMNS):
+    header = [cell.strip().lower() for cell in rows[0][1]] if rows else []
+    if len(header) != len(CSV_COLUMNS) or header[:2] != list(CSV_COLUMNS[:2]):
         found = ",".join(rows[0][1]) if rows else "nothing"
-        raise PairsError(f"{path}:1: expected the header {','.join(CSV_COLUMNS)}, got {found!r}")
+        raise PairsError(f"{path}:1: expected the header {','.join(CSV_COLUMNS)} (the third column under any name, "
+                         f"e.g. deepface's Decision), got {found!r}")
     entries = []
     for line_number, row in rows[1:]:
         if len(row) != len(CSV_COLUMNS):

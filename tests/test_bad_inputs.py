@@ -972,8 +972,9 @@ def _(env):
     return _pairs(env, "a.jpg,ghost.jpg,1"), None
 
 
-@case("pairs_same_not_a_boolean", "evaluate", EXIT_USAGE, "error at file:line: same must be 1/0, yes/no, true/false",
-      "pairs.csv:2: same must be 1/0, yes/no or true/false, got 'maybe'")
+@case("pairs_same_not_a_boolean", "evaluate", EXIT_USAGE,
+      "error at file:line: the label must be 1/0, yes/no, true/false",
+      "pairs.csv:2: the label must be 1/0, yes/no or true/false, got 'maybe'")
 def _(env):
     return _pairs(env, "a.jpg,b.jpg,maybe"), None
 

@@ -239,13 +239,17 @@ def test_pairs_csv_yes_no_and_folds(tmp_path):
     assert sorted({pair.fold for pair in pairs}) == list(range(10))
     assert pairs[0].path_x == tmp_path / "0.jpg"
     assert [pair.fold for pair in read_pairs_csv(tmp_path / "pairs.csv")] == [pair.fold for pair in pairs]
+    # deepface's own pairs files name the label column Decision
+    (tmp_path / "deepface.csv").write_text("\n".join(["file_x,file_y,Decision"] + rows[1:]) + "\n")
+    assert read_pairs_csv(tmp_path / "deepface.csv") == pairs
 
 
 @pytest.mark.parametrize("body, message", [
-    ("file_x,file_y,same\n0.jpg,1.jpg,maybe\n", r"pairs.csv:2: same must be 1/0"),
+    ("file_x,file_y,same\n0.jpg,1.jpg,maybe\n", r"pairs.csv:2: the label must be 1/0"),
     ("file_x,file_y,same\n0.jpg,1.jpg,1\n0.jpg,1.jpg\n", r"pairs.csv:3: expected 3 columns"),
     ("file_x,file_y,same\n0.jpg,missing.jpg,1\n", r"pairs.csv:2: image not found: .*missing.jpg"),
     ("a,b,c\n0.jpg,1.jpg,1\n", r"pairs.csv:1: expected the header file_x,file_y,same"),
+    ("file_x,file_y,same,extra\n0.jpg,1.jpg,1,2\n", r"pairs.csv:1: expected the header file_x,file_y,same"),
     ("file_x,file_y,same\n0.jpg,1.jpg,1\n", r"1 pairs, fewer than the 10"),
 ])
 def test_pairs_csv_errors_name_the_line(tmp_path, body, message):

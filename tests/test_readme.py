@@ -1,4 +1,5 @@
-"""The README's Python example runs as shown, on a real photo, and prints what its comments say."""
+"""The README's Python example runs as shown, on a real photo, and prints what its comments say; CI runs the
+README's test command."""
 from __future__ import annotations
 
 import re
@@ -27,3 +28,11 @@ def test_python_example_runs_on_a_real_photo():
     assert faces, result.stdout  # at least one face with its chip and embedding
     count, shape = re.fullmatch(r"(\d+) \((\d+), 128\)", lines[-1]).groups()
     assert int(count) == int(shape) >= len(faces) - 1  # MTCNN's faces, each embedded
+
+
+def test_ci_runs_the_readme_test_command_with_the_slow_tests_itself():
+    """CI must not depend on the runner exporting CI=true: ``.ci/run`` passes ``--run-slow``, as the README says."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    commands = [line for line in ci.splitlines() if line.startswith("python -m pytest")]
+    assert commands == ["python -m pytest -q --run-slow"]
+    assert f"{commands[0]}   # everything, as CI runs it" in (ROOT / "README.md").read_text(encoding="utf-8")

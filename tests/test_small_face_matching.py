@@ -66,11 +66,11 @@ def test_small_faces_get_their_own_impostor_scores_and_the_floor_moves_with_them
 
 def test_a_face_takes_the_threshold_of_the_nearest_calibrated_width():
     table = np.arange(5, dtype=np.float64)[:, None] * np.ones((1, 2))  # (5, 2): row r holds r
-    thresholds = UnknownThresholds((16.0, 24.0, 32.0, 48.0), table, 4.0, 0)
+    thresholds = UnknownThresholds((16.0, 24.0, 32.0, 48.0), table, 4.0, 0, 0)
     widths = np.array([4, 19, 20, 27, 28, 39, 40, 67, 68, 500])
     assert thresholds.rows(widths).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert thresholds.for_faces(widths[:2]).shape == (2, 2)
-    single = UnknownThresholds((), np.full((1, 3), 0.7), 0.7, 0)
+    single = UnknownThresholds((), np.full((1, 3), 0.7), 0.7, 0, 0)
     assert single.rows(np.array([5.0, 500.0])).tolist() == [0, 0]
     assert thresholds.summary()["full"] == [4.0, 4.0] and thresholds.summary()["16"] == [0.0, 0.0]
 
