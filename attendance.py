@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from classroom.demo import run_demo
+from common.lfw import SPLIT_FOLDS
 from classroom.service import AttendanceService, attendance_config, default_attendance_config, iso_date
 from classroom.webapp import serve
 from common.cli import run_cli
@@ -28,14 +29,15 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help_text: str, database: bool = True, photos: bool = True):
+    def command(name: str, help_text: str, database: bool = True, photos: bool = True,
+                verbose_help: str = "print each stage's time per photo"):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", default=str(DEFAULT_CONFIG), help="attendance YAML (default: %(default)s)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
         if database:
             sub.add_argument("--db", help="SQLite database (default: attendance.sqlite next to the config)")
         if photos:
-            sub.add_argument("--verbose", action="store_true", help="print each stage's time per photo")
+            sub.add_argument("--verbose", action="store_true", help=verbose_help)
         return sub
 
     enroll = command("enroll", "enrol (or re-enrol) students from DIR/<student>/<photos>")
@@ -55,7 +57,11 @@ def parse_args(argv):
     report.add_argument("--to", dest="date_to", help="YYYY-MM-DD (default: the last session)")
     report.add_argument("--out", default="attendance_report", help="folder for the CSV and the PNG chart")
     # the demo enrols its classes in a temporary database of its own, deleted afterwards: no --db
-    demo = command("demo", "build classes from LFW, mark them, print precision/recall", database=False)
+    demo = command("demo", "build classes from LFW, mark them, print precision/recall", database=False,
+                   verbose_help="print each stage's time per photo and every rejected enrolment photo")
+    demo.add_argument("--split", choices=list(SPLIT_FOLDS),
+                      help="report: the people of LFW fold 10, seeds from 1000 (nothing was tuned on them); tune: "
+                           "folds 1-9, seeds from 0 (default: demo.split of the config)")
     demo.add_argument("--lfw-root", help="LFW folder (default: ../shared/data/lfw, else scikit-learn's download)")
     demo.add_argument("--classes", type=int, help="random classes to run (default: demo.classes of the config)")
     demo.add_argument("--out", default="results/attendance_demo", help="folder for the demo's figures and photos")
@@ -70,7 +76,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = attendance_config(args.config, args.set)
     if args.command == "demo":
-        run_demo(cfg, args.lfw_root, args.classes, Path(args.out), verbose=args.verbose)
+        run_demo(cfg, args.lfw_root, args.classes, Path(args.out), verbose=args.verbose, split=args.split)
         return 0
     if args.command == "serve":
         serve(cfg, args.db, args.host, args.port, verbose=args.verbose)

@@ -12,7 +12,7 @@ Per class (settings: the ``benchmark`` section of the attendance config):
 - the photo is lit unevenly (a brightness ramp, gamma, a colour cast), slightly blurred, given sensor noise and
   JPEG-coded, as a phone would; the same photo is scored at every size of ``photo_sizes`` (shrunk by area).
 
-Splits: ``report`` draws only the people of LFW fold 10 (``people.txt``), seeds from ``REPORT_SEED``; ``tune``
+Splits: ``report`` draws only the people of LFW fold 10 (``people.txt``), seeds from ``REPORT_SEED`` (1000); ``tune``
 draws the people of folds 1-9, seeds from 0. Nothing is tuned on the report split.
 
 Per photo size: present students marked on their own face (recall), absent students and strangers marked, every
@@ -43,13 +43,11 @@ from common.boxes import box_iou
 from common.composite import NOMINAL_FACE, paste_portraits, phone_effects, seat_layout, wall
 from common.config import ConfigError
 from common.io import at_size
-from common.lfw import REPORT_FOLD
+from common.lfw import split_folds, split_seed
 from common.metrics import size_bin as metrics_size_bin
 from common.metrics import size_bin_labels
 from common.stats import rate_figure
 
-REPORT_SEED = 1000  # report classes use seeds REPORT_SEED + seed + i; tune classes seed + i
-SPLIT_FOLDS = {"tune": [fold for fold in range(1, 11) if fold != REPORT_FOLD], "report": [REPORT_FOLD]}
 SIZE_BINS = (0, 16, 24, 32, 48, 64, 96)  # face width bins (px): <16, 16-24, ..., >=96
 SEAT_SPACING = 3.6   # seat centres apart, in face widths of the row (people ~0.6 m apart, faces ~0.16 m wide)
 ROW_SPREAD = 1.8     # vertical distance between rows, relative to the least that keeps faces uncovered
@@ -227,17 +225,16 @@ def run_classroom_benchmark(cfg: dict, split: str | None = None, classes: int | 
                             plot: str | Path | None = None, verbose: bool = False) -> dict:
     settings = cfg["benchmark"]
     split = split or settings["split"]
-    if split not in SPLIT_FOLDS:
-        raise ConfigError(f"benchmark.split must be one of {', '.join(SPLIT_FOLDS)}, got {split!r}")
+    folds = split_folds(split, "benchmark.split")
     classes = classes or settings["classes"]
     if settings["present"] > settings["students"]:
         raise ConfigError(f"benchmark.present ({settings['present']}) exceeds benchmark.students")
-    people = people_with_photos(find_lfw(cfg["demo"]["lfw_root"]), SPLIT_FOLDS[split])
+    people = people_with_photos(find_lfw(cfg["demo"]["lfw_root"]), folds)
     eligible = sorted(name for name, photos in people.items() if len(photos) >= settings["min_photos"])
     if len(eligible) < settings["students"]:
-        raise ConfigError(f"only {len(eligible)} people of LFW folds {SPLIT_FOLDS[split]} have "
+        raise ConfigError(f"only {len(eligible)} people of LFW folds {folds} have "
                           f"{settings['min_photos']} photos or more; benchmark.students is {settings['students']}")
-    first_seed = (REPORT_SEED if split == "report" else 0) + settings["seed"]
+    first_seed = split_seed(split, settings["seed"])
     sizes = [tuple(size) for size in settings["photo_sizes"]]
     scale = [size[0] / sizes[0][0] for size in sizes]
     workdir = Path(tempfile.mkdtemp(prefix="classroom_benchmark_"))
@@ -293,7 +290,7 @@ def run_classroom_benchmark(cfg: dict, split: str | None = None, classes: int | 
         service.close()
         shutil.rmtree(workdir, ignore_errors=True)
     report = {"benchmark": "classroom", "split": split, "classes": classes, "first_seed": first_seed,
-              "people": f"LFW folds {SPLIT_FOLDS[split]}", "settings": settings, "pipeline": cfg["pipeline"],
+              "people": f"LFW folds {folds}", "settings": settings, "pipeline": cfg["pipeline"],
               "students_replaced": replacements,
               "sizes": {f"{w}x{h}": {"ours": summary(ours[(w, h)], seconds[(w, h)], classes),
                                      **({"face_recognition": summary(theirs[(w, h)], seconds[("reference", (w, h))],

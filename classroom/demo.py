@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -31,7 +32,7 @@ from classroom.service import AttendanceService
 from classroom.session import PhotoMarks
 from common.config import ConfigError
 from common.io import read_image
-from common.lfw import lfw_fold_identities
+from common.lfw import lfw_fold_identities, split_folds, split_seed
 from common.stats import rate_interval
 from matching.protocol import lfw_image_dir
 from pipeline.verification import DEFAULT_LFW_ROOT
@@ -104,11 +105,12 @@ def compose_class_photo(photos: list[Path], canvas_size: tuple[int, int], rng: n
 
 
 def enroll_class(service, class_name: str, candidates, people: dict[str, list[Path]], demo: dict, roster: Path,
-                 rng: np.random.Generator) -> tuple[dict[str, Path], set[str]]:
+                 rng: np.random.Generator, rejected: dict[Path, str]) -> tuple[dict[str, Path], set[str]]:
     """Enrol ``demo["students"]`` people taken in turn from ``candidates`` (names), each from ``enroll_photos``
     photos that pass the quality checks; a rejected photo is retaken with the person's next photo, a person with no
     usable photo left is replaced by the next candidate. Each person's class photo is drawn first (one of their photos
-    after the first ``enroll_photos``) and never enrolled. (class photo of each enrolled student, everyone tried)"""
+    after the first ``enroll_photos``) and never enrolled. Rejected photos are added to ``rejected`` (LFW photo →
+    the reason). (class photo of each enrolled student, everyone tried)"""
     wanted = demo["enroll_photos"]
     class_photo: dict[str, Path] = {}
     shown: dict[str, int] = {}     # how many of the person's other photos the roster has shown so far
@@ -130,23 +132,27 @@ def enroll_class(service, class_name: str, candidates, people: dict[str, list[Pa
         if not pending:
             return {name: class_photo[name] for name in members}, set(class_photo)
         enroll_round(service, class_name, roster / str(attempt), pending, people, class_photo, shown, accepted,
-                     wanted)
+                     wanted, rejected)
 
 
 def enroll_round(service, class_name: str, folder: Path, pending: list[str], people: dict[str, list[Path]],
-                 class_photo: dict[str, Path], shown: dict[str, int], accepted: dict[str, int], wanted: int) -> None:
+                 class_photo: dict[str, Path], shown: dict[str, int], accepted: dict[str, int], wanted: int,
+                 rejected: dict[Path, str] | None = None) -> None:
     """One enrolment round of a roster: each ``pending`` person shows as many more of their photos (never the class
-    photo) as they lack accepted ones, and is enrolled from every photo shown so far; ``shown`` and ``accepted``
-    (photos passed) are updated."""
+    photo) as they lack accepted ones, and is enrolled from every photo shown so far; ``shown``, ``accepted``
+    (photos passed) and, when given, ``rejected`` (LFW photo → reason: a photo shown again is counted once) are
+    updated."""
     for name in pending:
         others = [photo for photo in people[name] if photo != class_photo[name]]
         shown[name] = min(len(others), shown[name] + wanted - accepted[name])
         (folder / name).mkdir(parents=True)
         for photo in others[:shown[name]]:
             (folder / name / photo.name).symlink_to(photo)
-    result = service.enroll(class_name, folder)
+    result = service.enroll(class_name, folder, quiet=True)
     for name in pending:
         accepted[name] = result.enrolled.get(name, 0)
+    if rejected is not None:
+        rejected.update({Path(photo).resolve(): reason for photo, reason in result.rejected})
 
 
 def _owner(detection_box, regions: list[list[float]]) -> int | None:
@@ -174,20 +180,23 @@ class DemoClass:
     threshold: np.ndarray         # (F, S) what each face needed to score for each student
     marks: PhotoMarks = field(repr=False)
     seconds: float                # marking time
+    rejected: dict[Path, str]     # enrolment photos the quality checks rejected (LFW photo → reason)
 
 
 def demo_classes(service: AttendanceService, demo: dict, people: dict[str, list[Path]], classes: int,
                  workdir: Path) -> Iterator[DemoClass]:
-    """``classes`` demo classes (``demo`` settings) enrolled in ``service`` and matched, drawn with the demo's seed
-    from ``people`` (``people_with_photos``); rosters are linked under ``workdir``."""
+    """``classes`` demo classes (``demo`` settings) enrolled in ``service`` and matched, drawn from ``people``
+    (``people_with_photos`` of the split's folds) with the split's seeds (``common.lfw.split_seed``); rosters are
+    linked under ``workdir``."""
     eligible = [name for name, photos in people.items() if len(photos) > demo["enroll_photos"]]
     if len(eligible) < demo["students"]:
         raise ConfigError(f"only {len(eligible)} people have more than {demo['enroll_photos']} photos")
-    rng = np.random.default_rng(demo["seed"])
+    rng = np.random.default_rng(split_seed(demo["split"], demo["seed"]))
     for index in range(classes):
         class_name = f"demo{index}"
+        rejected: dict[Path, str] = {}
         class_photos, tried = enroll_class(service, class_name, iter(rng.permutation(eligible).tolist()), people,
-                                           demo, workdir / f"roster{index}", rng)
+                                           demo, workdir / f"roster{index}", rng, rejected)
         enrolled = sorted(class_photos)
         others = [name for name in people if name not in tried]
         strangers = [str(s) for s in rng.choice(others, demo["strangers"], replace=False)]
@@ -203,7 +212,7 @@ def demo_classes(service: AttendanceService, demo: dict, people: dict[str, list[
         yield DemoClass(index, canvas, present, [name for name in enrolled if name not in present], len(strangers),
                         [None if owner is None else who[owner] for owner in owners],
                         [owner is not None and who[owner] is None for owner in owners], gallery,
-                        thresholds.for_faces(marks.face_px), marks, seconds)
+                        thresholds.for_faces(marks.face_px), marks, seconds, rejected)
 
 
 def class_outcome(demo_class: DemoClass, scores: np.ndarray, pairs: list[tuple[int, int]], threshold: np.ndarray
@@ -254,17 +263,46 @@ def rates(totals: dict) -> dict:
             "strangers_marked_rate": round(totals["strangers_marked"] / max(totals["strangers"], 1), 4)}
 
 
-def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, verbose: bool = False) -> dict:
-    demo = cfg["demo"]
+REJECTION_NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def rejection_summary(rejected: dict[Path, str]) -> list[tuple[str, int]]:
+    """(reason, photos) by decreasing count, reasons with their numbers written N ("N faces: ...")."""
+    return Counter(REJECTION_NUMBER.sub("N", reason) for reason in rejected.values()).most_common()
+
+
+def results_table(figures: dict) -> str:
+    """The demo's figures as a small table: each rate with its count and 95 % interval."""
+    rows = [("present students marked (recall)", "present_marked", "present"),
+            ("marks of the right student (precision)", "present_marked", "marks"),
+            ("absent students marked present", "absent_marked", "absent"),
+            ("strangers marked as a student", "strangers_marked", "strangers")]
+    width = max(len(label) for label, _, _ in rows)
+    lines = [f"{'':{width}}  {'rate':>7}  {'count':>11}  95 % interval"]
+    for label, count, of in rows:
+        low, high = figures["ci95"][f"{count}/{of}"]
+        rate = figures[count] / max(figures[of], 1)
+        lines.append(f"{label:{width}}  {rate:7.1%}  {figures[count]:>5}/{figures[of]:<5}  {low:.1%}-{high:.1%}")
+    return "\n".join(lines)
+
+
+def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, verbose: bool = False,
+             split: str | None = None) -> dict:
+    """Run the demo's classes (``split``: tune or report, default ``demo.split``) and report: figures in
+    ``out/demo.json``, a results table, enrolment rejections counted by reason (``verbose``: listed, with each
+    stage's time per photo)."""
+    demo = {**cfg["demo"], "split": split or cfg["demo"]["split"]}
     classes = classes or demo["classes"]
     if demo["present"] > demo["students"]:
         raise ConfigError(f"demo.present ({demo['present']}) cannot exceed demo.students ({demo['students']})")
-    people = people_with_photos(find_lfw(lfw_root or demo["lfw_root"]), demo["folds"])
+    folds = split_folds(demo["split"], "demo.split")
+    people = people_with_photos(find_lfw(lfw_root or demo["lfw_root"]), folds)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="attendance_demo_"))
     totals = Counter()
     seconds_mark = 0.0
     errors: list[dict] = []
+    rejected: dict[Path, str] = {}
     service = AttendanceService(cfg, db_path=workdir / "demo.sqlite", verbose=verbose)
     try:
         for demo_class in tqdm(demo_classes(service, demo, people, classes, workdir), total=classes, desc="classes",
@@ -273,6 +311,7 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
             counts, class_errors = class_outcome(demo_class, marks.scores, marks.pairs, demo_class.threshold)
             totals.update(counts)
             errors.extend(class_errors)
+            rejected.update(demo_class.rejected)
             seconds_mark += demo_class.seconds
             if demo_class.index == 0:
                 cv2.imwrite(str(out / "class0_annotated.jpg"),
@@ -280,24 +319,28 @@ def run_demo(cfg: dict, lfw_root: str | None, classes: int | None, out: Path, ve
     finally:
         service.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    figures = {"classes": classes, "folds": demo["folds"] or "all", "students_per_class": demo["students"],
+    figures = {"classes": classes, "split": demo["split"], "people": f"LFW folds {folds}",
+               "first_seed": split_seed(demo["split"], demo["seed"]), "students_per_class": demo["students"],
                "present_per_class": demo["present"], "strangers_per_class": demo["strangers"], **rates(totals),
                "seconds_per_class_photo": round(seconds_mark / classes, 2), **totals,
                "seconds_mark": round(seconds_mark, 2),
-               "ci95": {rate: [round(bound, 4) for bound in rate_interval(totals[count], totals[of])]
-                        for rate, count, of in (("present_marked_rate", "present_marked", "present"),
-                                                ("absent_marked_rate", "absent_marked", "absent"),
-                                                ("strangers_marked_rate", "strangers_marked", "strangers"))},
+               "ci95": {f"{count}/{of}": [round(bound, 4) for bound in rate_interval(totals[count], totals[of])]
+                        for count, of in (("present_marked", "present"), ("present_marked", "marks"),
+                                          ("absent_marked", "absent"), ("strangers_marked", "strangers"))},
+               "enrolment_photos_rejected": dict(rejection_summary(rejected)),
                "errors": errors}
     (out / "demo.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
-    def rate(key: str) -> str:
-        low, high = figures["ci95"][key]
-        return f"{figures[key]:.1%} ({low:.1%}-{high:.1%})"
-
-    print(f"{classes} classes of {demo['students']} enrolled, {demo['present']} present, {demo['strangers']} "
-          f"strangers: precision {figures['precision']:.1%} (marks of the right student), recall "
-          f"{rate('present_marked_rate')} (present students marked), absent students marked present "
-          f"{rate('absent_marked_rate')}, strangers marked as students {rate('strangers_marked_rate')} (95 % "
-          f"intervals); {figures['present_near_threshold']} present students within {NEAR_THRESHOLD} of the "
-          f"threshold; {figures['seconds_per_class_photo']} s per class photo → {out / 'demo.json'}")
+    if verbose:
+        for photo, reason in sorted(rejected.items()):
+            print(f"rejected {photo}: {reason}")
+    reasons = "; ".join(f"{reason}: {count}" for reason, count in rejection_summary(rejected))
+    print(f"enrolment: {len(rejected)} photo{'' if len(rejected) == 1 else 's'} rejected and retaken with the "
+          "person's next photo"
+          + (f" ({reasons}; --verbose lists them)" if rejected else ""))
+    print(f"{classes} classes of the {demo['split']} split (people of LFW folds {folds}, seeds from "
+          f"{figures['first_seed']}): {demo['students']} enrolled, {demo['present']} present, {demo['strangers']} "
+          f"strangers each; {figures['seconds_per_class_photo']} s per class photo")
+    print(results_table(figures))
+    print(f"{figures['present_near_threshold']} present students within {NEAR_THRESHOLD} of the threshold → "
+          f"{out / 'demo.json'}")
     return figures

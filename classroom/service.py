@@ -34,7 +34,7 @@ ATTENDANCE_DEFAULTS = {
     "matching": {"target_far": None, "floor": None, "tail": "normal", "min_margin": None,
                  "calibrate_face_px": [16.0, 24.0, 32.0, 48.0], "reliable_face_px": 16.0,
                  "max_impostor_pairs": MAX_IMPOSTOR_PAIRS},
-    "demo": {"lfw_root": None, "folds": [], "classes": 20, "students": 30, "present": 25, "strangers": 5,
+    "demo": {"lfw_root": None, "split": "report", "classes": 20, "students": 30, "present": 25, "strangers": 5,
              "enroll_photos": 2,
              "canvas": [1920, 1080], "seed": 0},
     "benchmark": {"split": "report", "classes": 10, "students": 40, "present": 35, "strangers": 5, "min_photos": 3,
@@ -185,7 +185,9 @@ class AttendanceService:
         return vectors
 
     # ------------------------------------------------------------------ enroll
-    def enroll(self, class_name: str, roster: Path, keep_photos: bool = False) -> EnrollResult:
+    def enroll(self, class_name: str, roster: Path, keep_photos: bool = False, quiet: bool = False) -> EnrollResult:
+        """Enrol every student folder of ``roster`` (``roster/<student>/<photos>``) into the class; ``quiet``: no
+        progress bar and no printed rejections or warnings (the caller reports the result)."""
         if not roster.is_dir():
             raise FileNotFoundError(f"roster folder not found: {roster}")
         students = sorted(child for child in roster.iterdir() if child.is_dir())
@@ -195,7 +197,7 @@ class AttendanceService:
             check_student_name(folder.name)
         pipeline = self.pipeline("enroll")
         result, kept, embeddings, photo_names = EnrollResult(), {}, {}, {}
-        for folder in tqdm(students, desc="enrolling", unit="student"):
+        for folder in tqdm(students, desc="enrolling", unit="student", disable=quiet):
             name = folder.name
             photos = list_images(folder)
             if not photos:
@@ -224,23 +226,25 @@ class AttendanceService:
             kept[name] = entries
             embeddings[name] = np.stack([entry.vector for entry in entries])
             photo_names[name] = [entry.photo for entry in entries]
-        for photo, reason in result.rejected:
-            print(f"rejected {photo}: {reason}")
-        for name in result.failed_students:
-            print(f"warning: {name} has no usable photo and is not enrolled")
         if embeddings:
             names = sorted(embeddings)
             vectors = np.concatenate([embeddings[name] for name in names])
             owners = np.concatenate([np.full(len(embeddings[name]), i) for i, name in enumerate(names)])
             threshold, _ = self.unknown_threshold(vectors, owners, self.matching("enroll"))
             result.warnings = roster_warnings(embeddings, photo_names, threshold)
-        for warning in result.warnings:
-            print(f"warning: {warning}")
         if kept:
             self.db.replace_students(class_name, pipeline.embedder.cache_key, kept)
         result.enrolled = {name: len(entries) for name, entries in kept.items()}
-        print(f"{class_name}: {len(kept)} students enrolled ({sum(result.enrolled.values())} photos) in {self.db.path}"
-              + (f"; {len(result.failed_students)} without a usable photo" if result.failed_students else ""))
+        if not quiet:
+            for photo, reason in result.rejected:
+                print(f"rejected {photo}: {reason}")
+            for name in result.failed_students:
+                print(f"warning: {name} has no usable photo and is not enrolled")
+            for warning in result.warnings:
+                print(f"warning: {warning}")
+            print(f"{class_name}: {len(kept)} students enrolled ({sum(result.enrolled.values())} photos) in "
+                  f"{self.db.path}" + (f"; {len(result.failed_students)} without a usable photo"
+                                      if result.failed_students else ""))
         return result
 
     # ------------------------------------------------------------------ mark

@@ -39,12 +39,12 @@ from classroom.service import (MATCHING_FILE, MATCHING_SETTINGS, AttendanceServi
 from common.cli import run_cli
 from common.config import ConfigError, project_path
 from common.detections import face_widths
-from common.lfw import REPORT_FOLD
+from common.lfw import split_folds, split_seed
 from matching.identification import assign, calibrate_thresholds, impostor_scores, student_scores
 from pipeline import pipeline_config
 from pipeline.build import SEPARATOR
 
-TUNE_FOLDS = [fold for fold in range(1, 11) if fold != REPORT_FOLD]
+TUNE = "tune"
 TARGET_FARS = (1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5, 5e-6)
 # of the candidate's impostor scores pooled over the classes; None: no floor
 FLOOR_QUANTILES = (None, 0.999, 0.9995, 0.9999, 0.99995, 0.99999)
@@ -90,7 +90,7 @@ def collect(cfg: dict, embedders: list[str], classes: int, cache: Path | None) -
                "mark_set": [*cfg["mark_set"], f"embedding.embedder={fusion}"],
                "matching": {**cfg["matching"], "target_far": max(TARGET_FARS), "floor": NO_FLOOR, "min_margin": 0.0,
                             "calibrate_face_px": []}}
-    people = people_with_photos(find_lfw(cfg["demo"]["lfw_root"]), cfg["demo"]["folds"])
+    people = people_with_photos(find_lfw(cfg["demo"]["lfw_root"]), split_folds(cfg["demo"]["split"], "demo.split"))
     workdir = Path(tempfile.mkdtemp(prefix="attendance_tuning_"))
     service = AttendanceService(run_cfg, db_path=workdir / "tuning.sqlite")
     collected = []
@@ -173,10 +173,12 @@ def main(argv=None) -> int:
     if len(args.embedders) < 2:
         parser.error("--embedders needs two or more names (every subset is a candidate)")
     cfg = attendance_config(args.config or default_attendance_config(), args.set)
-    folds = cfg["demo"]["folds"] or TUNE_FOLDS
-    if REPORT_FOLD in folds:
-        raise ConfigError(f"demo.folds {folds}: fold {REPORT_FOLD}'s people are the report set; tune on others")
-    cfg["demo"]["folds"] = folds
+    # the demo's classes of the tune split, whatever demo.split says (that is the demo's own default, report)
+    if cfg["demo"]["split"] != TUNE and any(item.split("=")[0].strip() == "demo.split" for item in args.set):
+        raise ConfigError(f"demo.split {cfg['demo']['split']!r}: the report split's people and seeds are never tuned "
+                          f"on; the tuning always draws its classes from the {TUNE} split")
+    cfg["demo"]["split"] = TUNE
+    folds = split_folds(TUNE)
     collected, slices = collect(cfg, args.embedders, args.classes, args.out / "classes.pkl")
     results = {}
     for size in range(1, len(args.embedders) + 1):
@@ -184,7 +186,8 @@ def main(argv=None) -> int:
             rows = replay(collected, slices, members, cfg["matching"]["tail"])
             results[SEPARATOR.join(members)] = {"chosen": best_setting(rows, args.max_false_rate), "grid": rows}
     flip = pipeline_config(project_path(cfg["pipeline"]), cfg["mark_set"])["embedding"]["flip"]
-    source = (f"chosen on {args.classes} demo classes of LFW folds {folds} (seed {cfg['demo']['seed']}, test-time "
+    source = (f"chosen on {args.classes} demo classes of LFW folds {folds} (the tune split, seeds from "
+              f"{split_seed(TUNE, cfg['demo']['seed'])}, test-time "
               f"flip {'on' if flip else 'off'}), recall highest with false marks <= {args.max_false_rate:g}")
     print(f"{source}:")
     for name, result in sorted(results.items(), key=lambda item: -item[1]["chosen"]["present_marked"]):

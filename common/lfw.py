@@ -1,5 +1,6 @@
-"""LFW's people list (View 2's ``people.txt``): who is in which of the ten identity-disjoint folds. Embedding
-training keeps to folds 1-9 and the attendance demo reports on fold 10's people, so both read it here."""
+"""LFW's people list (View 2's ``people.txt``): who is in which of the ten identity-disjoint folds, and the tune and
+report splits built on them. Embedding training keeps to folds 1-9 and the attendance demo and benchmarks report on
+fold 10's people, so they all read it here."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,22 @@ from common.config import ConfigError
 from common.errors import InputError
 
 REPORT_FOLD = 10  # View 2's fold whose people nothing is trained or tuned on: the report set
+# Generated benchmarks (the demo's classes, the classroom and group-photo benchmarks) draw the people of folds 1-9
+# with seeds from 0 to tune, and fold 10's people with seeds from REPORT_SEED to report: people and seeds disjoint.
+SPLIT_FOLDS = {"tune": [fold for fold in range(1, 11) if fold != REPORT_FOLD], "report": [REPORT_FOLD]}
+REPORT_SEED = 1000
+
+
+def split_folds(split: str, key: str = "split") -> list[int]:
+    """The LFW folds whose people a benchmark split draws (``key`` names the setting in the error)."""
+    if split not in SPLIT_FOLDS:
+        raise ConfigError(f"{key} must be one of {', '.join(SPLIT_FOLDS)}, got {split!r}")
+    return SPLIT_FOLDS[split]
+
+
+def split_seed(split: str, seed: int) -> int:
+    """The first seed of a split's draws: ``seed`` to tune, ``REPORT_SEED + seed`` to report."""
+    return (REPORT_SEED if split == "report" else 0) + seed
 
 
 def read_lfw_people_folds(people_txt: str | Path) -> list[dict[str, int]]:

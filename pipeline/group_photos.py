@@ -10,7 +10,7 @@ A portrait's face box is the mean of several detectors' boxes on the full 250-px
 finds it easily, so no one detector's box convention is the truth; portraits where they disagree, or that show a
 second face inside the pasted crop, are not used (a face left unlabelled would count against every detector).
 
-Splits: ``report`` seats the people of LFW fold 10 with seeds from ``REPORT_SEED``; ``tune`` the people of folds
+Splits: ``report`` seats the people of LFW fold 10 with seeds from ``REPORT_SEED`` (1000); ``tune`` the people of folds
 1-9 with seeds from 0. The photos are written once into ``cache_dir/<split>/`` as ``labels.csv`` (the CSV
 annotation format) and ``images/``, with ``manifest.json`` recording how they were made.
 
@@ -35,7 +35,7 @@ from common.cli import run_cli
 from common.composite import HEAD_CROP, paste_portraits, phone_effects, seat_layout, wall
 from common.config import PROJECT_ROOT, ConfigError, load_yaml, project_path
 from common.io import at_size, read_image
-from common.lfw import REPORT_FOLD, lfw_fold_identities
+from common.lfw import SPLIT_FOLDS, lfw_fold_identities, split_folds, split_seed
 from detection.data.readers import CSV_COLUMNS
 from matching.protocol import lfw_image_dir
 from pipeline.build import build_detector
@@ -43,8 +43,6 @@ from pipeline.verification import DEFAULT_LFW_ROOT
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "benchmark_groups.yaml"
 GROUPS = "groups"  # the name that stands for these photos: evaluate.py --data groups, calibration.data
-REPORT_SEED = 1000  # report photos use seeds REPORT_SEED + seed + i; tune photos seed + i
-SPLIT_FOLDS = {"tune": [fold for fold in range(1, 11) if fold != REPORT_FOLD], "report": [REPORT_FOLD]}
 CONSENSUS_IOU = 0.5  # the box detectors' boxes of a portrait's face must overlap this much, pairwise
 BACK_ROW_TOP = 0.12  # the back row's faces start this fraction of the photo's height down
 ROW_WIDTH = 0.92     # a row spans at most this fraction of the photo's width
@@ -58,8 +56,7 @@ def groups_config(path: str | Path | None = None) -> dict:
     missing = [key for key in keys if key not in cfg]
     if missing:
         raise ConfigError(f"{path or DEFAULT_CONFIG}: missing {', '.join(missing)}")
-    if cfg["split"] not in SPLIT_FOLDS:
-        raise ConfigError(f"split must be one of {', '.join(SPLIT_FOLDS)}, got {cfg['split']!r}")
+    split_folds(cfg["split"])
     low, high = cfg["face_px"]
     if not 4 <= low < high:
         raise ConfigError(f"face_px must be [smallest, largest] with 4 <= smallest < largest, got {cfg['face_px']}")
@@ -148,8 +145,7 @@ def generate_groups(cfg: dict, split: str | None = None, lfw_root: str | Path | 
     """Write the split's photos (once: an existing folder made with the same settings is reused) and return the
     path of its ``labels.csv``."""
     split = split or cfg["split"]
-    if split not in SPLIT_FOLDS:
-        raise ConfigError(f"split must be one of {', '.join(SPLIT_FOLDS)}, got {split!r}")
+    folds = split_folds(split)
     folder = project_path(cfg["cache_dir"]) / split
     labels, manifest_path = folder / "labels.csv", folder / "manifest.json"
     settings = {key: cfg[key] for key in ("photos_per_size", "photo_sizes", "faces", "face_px", "back_row_px",
@@ -158,11 +154,11 @@ def generate_groups(cfg: dict, split: str | None = None, lfw_root: str | Path | 
         if json.loads(manifest_path.read_text(encoding="utf-8"))["settings"] == settings:
             return labels
     image_dir = lfw_image_dir(lfw_root or DEFAULT_LFW_ROOT)
-    people = lfw_fold_identities(image_dir.parent / "people.txt", SPLIT_FOLDS[split])
+    people = lfw_fold_identities(image_dir.parent / "people.txt", folds)
     photos_of = {name: sorted((image_dir / name).glob("*.jpg")) for name in people}
     portrait_boxes = PortraitBoxes(cfg["box_detectors"], project_path(cfg["cache_dir"]) / "portrait_boxes.json",
                                    device)
-    first_seed = (REPORT_SEED if split == "report" else 0) + cfg["seed"]
+    first_seed = split_seed(split, cfg["seed"])
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rows, records = [], []
     jobs = [(tuple(size), first_seed + index * len(cfg["photo_sizes"]) + position)
@@ -196,7 +192,7 @@ def generate_groups(cfg: dict, split: str | None = None, lfw_root: str | Path | 
         writer = csv.writer(file)
         writer.writerow(CSV_COLUMNS)
         writer.writerows(rows)
-    manifest = {"split": split, "people": f"LFW folds {SPLIT_FOLDS[split]}", "first_seed": first_seed,
+    manifest = {"split": split, "people": f"LFW folds {folds}", "first_seed": first_seed,
                 "settings": settings, "photos": records}
     manifest_path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return labels

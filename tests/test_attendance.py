@@ -214,16 +214,19 @@ def test_demo_enrolment_retakes_rejected_photos_and_replaces_people_without_one(
         def __init__(self):
             self.rosters = []
 
-        def enroll(self, class_name, roster):
+        def enroll(self, class_name, roster, quiet):
             shown = {folder.name: sorted(photo.name for photo in folder.iterdir()) for folder in roster.iterdir()}
             self.rosters.append(shown)
             accepted = {name: sum(photo not in rejected for photo in photos) for name, photos in shown.items()}
-            return SimpleNamespace(enrolled={name: count for name, count in accepted.items() if count})
+            return SimpleNamespace(enrolled={name: count for name, count in accepted.items() if count},
+                                   rejected=[(roster / name / photo, "2 faces: ...") for name, photos in shown.items()
+                                             for photo in photos if photo in rejected])
 
     service = FakeService()
     demo = {"students": 3, "enroll_photos": 2}
+    reasons = {}
     class_photos, tried = enroll_class(service, "c", iter(["Ann", "Bob", "Cid", "Dee"]), people, demo,
-                                       tmp_path / "roster", np.random.default_rng(0))
+                                       tmp_path / "roster", np.random.default_rng(0), reasons)
     # Bob has no usable photo: Dee takes his place; Ann's and Cid's rejected photos are retaken with their next one
     assert sorted(class_photos) == ["Ann", "Cid", "Dee"] and tried == {"Ann", "Bob", "Cid", "Dee"}
     for name, photo in class_photos.items():
@@ -233,6 +236,10 @@ def test_demo_enrolment_retakes_rejected_photos_and_replaces_people_without_one(
     accepted = {name: [p for p in photos if p not in rejected] for name, photos in last_roster.items()}
     assert len(accepted["Ann"]) == 2 and len(accepted["Dee"]) == 2
     assert len(accepted["Cid"]) == 1  # Cid's only other photo was rejected: enrolled from one
+    # each rejected photo counted once, under the LFW photo it links to, though later rounds show it again
+    shown_rejected = {photo for roster in service.rosters for photos in roster.values() for photo in photos
+                      if photo in rejected}
+    assert len(shown_rejected) >= 3 and sorted(photo.name for photo in reasons) == sorted(shown_rejected)
 
 
 # ---------------------------------------------------------------- command line, end to end
@@ -306,6 +313,15 @@ def test_demo_builds_a_class_from_lfw_and_scores_it(tmp_path):
     assert figures["present"] == 6 and figures["strangers"] == 2
     assert figures["present_marked_rate"] >= 5 / 6 and figures["precision"] == 1.0
     assert figures["strangers_marked_rate"] == 0.0 and (out / "class0_annotated.jpg").is_file()
+    # the default is the report split: fold 10's people, seeds from 1000
+    assert figures["split"] == "report" and figures["people"] == "LFW folds [10]" and figures["first_seed"] == 1000
+    # one line for the enrolment's rejections, then the table; no line per rejected photo, no enrolment bars
+    lines = result.stdout.splitlines()
+    assert not any(line.startswith("rejected ") for line in lines) and "enrolling" not in result.stderr
+    assert sum(line.startswith("enrolment: ") for line in lines) == 1
+    table = lines[-6:-1]
+    assert table[0].split() == ["rate", "count", "95", "%", "interval"]
+    assert table[1].startswith("present students marked (recall)") and "/6" in table[1]
 
 
 def test_demo_draws_people_of_the_chosen_lfw_folds_only(tmp_path):

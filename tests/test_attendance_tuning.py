@@ -52,9 +52,9 @@ def test_best_setting_is_the_highest_recall_within_the_false_mark_budget():
     assert tuning.best_setting(rows, 0.02) == rows[2]
 
 
-def test_tuning_refuses_the_report_fold():
-    with pytest.raises(ConfigError, match="fold 10's people are the report set"):
-        tuning.main(["--embedders", "dlib_resnet", "sface", "--set", "demo.folds=[9, 10]"])
+def test_tuning_refuses_the_report_split():
+    with pytest.raises(ConfigError, match="the report split's people and seeds are never tuned on"):
+        tuning.main(["--embedders", "dlib_resnet", "sface", "--set", "demo.split=report"])
 
 
 def test_null_matching_settings_come_from_the_pipeline_embedders_tuned_entry(tmp_path):

@@ -74,7 +74,7 @@ class FakeEnrolment:
     def __init__(self, good: set[str]):
         self.good, self.rosters = good, []
 
-    def enroll(self, class_name, folder):
+    def enroll(self, class_name, folder, quiet):
         self.rosters.append({child.name: sorted(photo.name for photo in child.iterdir()) for child in folder.iterdir()})
         enrolled = {child.name: sum(photo.name in self.good for photo in child.iterdir()) for child in folder.iterdir()}
         return type("Result", (), {"enrolled": {name: count for name, count in enrolled.items() if count}})()
