@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ ATTENDANCE_DEFAULTS = {
     "web": {"max_upload_mb": 25.0, "max_files": 40, "data_dir": None},
     "config_path": None,
 }
+PRIVATE_UMASK = 0o077  # files 0600, folders 0700
 UNSAFE_NAME = re.compile(r"[\\/\x00]|^\.\.?$")
 RATES_CSV, RATES_PNG = "attendance_rates.csv", "attendance_rates.png"  # what ``report`` writes
 RATE_FIELDS = ["student", "sessions", "present", "rate"]
@@ -141,6 +143,10 @@ class EnrollResult:
 
 class AttendanceService:
     def __init__(self, cfg: dict, db_path: str | Path | None = None, verbose: bool = False, pipelines=None):
+        """The attendance product over one database. It makes every file and folder the process writes from here
+        on owner-only (umask 077: the database, its WAL files, reports, annotated photos, face chips, exports),
+        since they hold or show children's faces."""
+        os.umask(PRIVATE_UMASK)
         self.cfg = cfg
         self.db = AttendanceDB(db_path or default_database(cfg))
         self.verbose = verbose

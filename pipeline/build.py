@@ -7,6 +7,9 @@ composed here from the detectors the pipeline config names.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -59,6 +62,70 @@ def build_detector(name: str, config: str | Path | None = None, device: str = "c
     ``**{"inference.score_threshold": 0.5}``) and ``set_items`` (``key=value`` strings) on top."""
     cfg = detection_config(name, config if config is not None else default_config_path(name), overrides, set_items)
     return detector_from_config(cfg, device)
+
+
+# the code a detector's faces depend on: its package and everything it builds on
+DETECTOR_CODE = ("common", "detection", "fusion")
+BUILT_FROM = ("detector", "model", "inference")  # the config sections a photo detector is made from
+KEY_DIGITS = 16
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _content_digest(path: Path) -> str:
+    status = path.stat()
+    return _file_digest(str(path.resolve()), status.st_size, status.st_mtime_ns)
+
+
+@lru_cache(maxsize=1)
+def detector_code_digest() -> str:
+    """sha1 of the source of every package a detector is made of (``DETECTOR_CODE``)."""
+    digest = hashlib.sha1()
+    for path in sorted(path for package in DETECTOR_CODE for path in (PROJECT_ROOT / package).rglob("*.py")):
+        digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _with_file_digests(value):
+    """A config with every string that names an existing file followed by the file's content digest."""
+    if isinstance(value, dict):
+        return {key: _with_file_digests(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_file_digests(item) for item in value]
+    if isinstance(value, str) and value:
+        path = project_path(value)
+        if path.is_file():
+            return f"{value}#{_content_digest(path)}"
+    return value
+
+
+def detector_cache_key(name: str, config: str | Path | None = None, set_items: Sequence[str] = ()) -> str:
+    """``name@digest``: what the faces a detector finds depend on — its effective config (thresholds, tiling, sizes,
+    for ``fusion`` each member's and its calibration), the content of every file that config names (weights,
+    calibration), and the code of the packages detectors are made of. Caches of detected faces (landmarks, and the
+    embeddings made from them) are keyed on it, so a change to any of these recomputes them instead of reusing stale
+    faces."""
+    def sections(detector_cfg: dict) -> dict:
+        return {key: detector_cfg[key] for key in BUILT_FROM if key in detector_cfg}
+
+    cfg = detection_config(name, config if config is not None else default_config_path(name), set_items=set_items)
+    if name == FUSION:
+        members = {member: sections(fused_detector_config(member, entry, cfg["inference"]["min_face_px"]))
+                   for member, entry in fused_entries(cfg).items()}
+        cfg = {"pipeline": {key: cfg[key] for key in ("detection", "inference")}, "members": members}
+    else:
+        cfg = sections(cfg)
+    described = json.dumps(_with_file_digests(cfg), sort_keys=True, default=str)
+    digest = hashlib.sha1(f"{described}|{detector_code_digest()}".encode()).hexdigest()[:KEY_DIGITS]
+    return f"{name}@{digest}"
 
 
 def checkpoint_identities(weights) -> set[str] | None:

@@ -146,13 +146,15 @@ def _embed(embedder, chips: np.ndarray, stamps: Sequence[str], jitter: int) -> n
     return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
 
-def embed_images(paths: Sequence[str | Path], embedder, detector, detector_name: str, jitter: int = 0,
+def embed_images(paths: Sequence[str | Path], embedder, detector, detector_key: str, jitter: int = 0,
                  cache_dir: str | Path | None = DEFAULT_CACHE_DIR, chunk: int = CHUNK,
                  progress: bool = True) -> EmbeddedImages:
     """Embeddings of ``paths`` (duplicates are embedded once), loading what the cache already holds. A fused
-    embedder's members are embedded (and cached) one by one, then fused."""
+    embedder's members are embedded (and cached) one by one, then fused. ``detector_key`` names what the faces
+    depend on (``pipeline.build.detector_cache_key``: the detector's config, files and code): the faces and the
+    embeddings made from them are cached under it."""
     if isinstance(embedder, FusedEmbedder):
-        parts = [embed_images(paths, member, detector, detector_name, jitter, cache_dir, chunk, progress)
+        parts = [embed_images(paths, member, detector, detector_key, jitter, cache_dir, chunk, progress)
                  for member in embedder.members]
         return EmbeddedImages(embedder.fuse([part.embeddings for part in parts]), parts[0].no_face,
                               sum(part.computed for part in parts))
@@ -161,13 +163,13 @@ def embed_images(paths: Sequence[str | Path], embedder, detector, detector_name:
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
     stamps = [file_stamp(path) for path in paths]
-    cache = RecordCache(cache_dir, f"{embedder.cache_key}|detector={detector_name}|jitter={jitter}",
+    cache = RecordCache(cache_dir, f"{embedder.cache_key}|detector={detector_key}|jitter={jitter}",
                         ("embedding", "no_face"))
-    faces = RecordCache(cache_dir, f"faces|detector={detector_name}", ("landmarks",))
+    faces = RecordCache(cache_dir, f"faces|detector={detector_key}", ("landmarks",))
     unique_paths = dict(zip(stamps, paths))  # duplicates collapse, order kept
     todo = [stamp for stamp in unique_paths if cache.get(stamp) is None]
     try:
-        with tqdm(total=len(todo), desc=f"embedding ({embedder.name}, {detector_name})", unit="img",
+        with tqdm(total=len(todo), desc=f"embedding ({embedder.name}, {detector_key.split('@')[0]})", unit="img",
                   disable=not progress or not todo) as bar:
             for start in range(0, len(todo), chunk):
                 batch = todo[start:start + chunk]

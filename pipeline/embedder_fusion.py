@@ -23,7 +23,7 @@ from common.cli import run_cli
 from embedding.fusion import SEPARATOR, FusedEmbedder
 from matching.protocol import lfw_image_dir, read_lfw_pairs
 from matching.verifier import build_verifier
-from pipeline.build import EMBEDDER_FUSION_CONFIG, build_detector, build_embedder
+from pipeline.build import EMBEDDER_FUSION_CONFIG, build_detector, build_embedder, detector_cache_key
 from pipeline.embed_images import DEFAULT_CACHE_DIR, embed_images
 from pipeline.verification import DEFAULT_LFW_ROOT
 
@@ -36,10 +36,10 @@ HEADER = """\
 """
 
 
-def member_embeddings(pairs, members, detector, detector_name: str, cache_dir) -> list[tuple[np.ndarray, np.ndarray]]:
+def member_embeddings(pairs, members, detector, detector_key: str, cache_dir) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per member: ((N, D) embeddings of the pairs' first images, (N, D) of their second images)."""
     paths = [pair.path_x for pair in pairs] + [pair.path_y for pair in pairs]
-    return [tuple(np.split(embed_images(paths, member, detector, detector_name, cache_dir=cache_dir).embeddings, 2))
+    return [tuple(np.split(embed_images(paths, member, detector, detector_key, cache_dir=cache_dir).embeddings, 2))
             for member in members]
 
 
@@ -91,8 +91,9 @@ def main(argv=None) -> int:
     test_same = np.array([pair.same for pair in test_pairs])
     members = [build_embedder(name, device=args.device, flip=args.flip) for name in args.embedders]
     detector = build_detector(args.detector, device=args.device)
-    train = member_embeddings(train_pairs, members, detector, args.detector, args.cache_dir)
-    test = member_embeddings(test_pairs, members, detector, args.detector, args.cache_dir)
+    detector_key = detector_cache_key(args.detector)
+    train = member_embeddings(train_pairs, members, detector, detector_key, args.cache_dir)
+    test = member_embeddings(test_pairs, members, detector, detector_key, args.cache_dir)
     count = len(members)
     weights = fitted_weights(pair_cosines(train), train_same)
     candidates = {**{name: np.eye(count)[index] for index, name in enumerate(args.embedders)},

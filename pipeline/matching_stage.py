@@ -15,7 +15,7 @@ import numpy as np
 from common.config import ConfigError, build_config, project_path, save_config
 from matching.protocol import lfw_image_dir, read_lfw_pairs, read_pairs_csv
 from matching.verifier import CLASSIFIERS, METRICS, build_verifier
-from pipeline.build import build_detector, build_embedder
+from pipeline.build import build_detector, build_embedder, detector_cache_key
 from pipeline.embed_images import DEFAULT_CACHE_DIR, embed_images
 
 VERIFIER_KINDS = ("threshold", "classifier")
@@ -60,7 +60,8 @@ def load_pair_file(path: Path, lfw_root: Path | None, images: Path | None):
 def embed_pairs(pairs, embedder, detector, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(embeddings_x (N, D), embeddings_y (N, D), same (N,)) of ``pairs``."""
     paths = [pair.path_x for pair in pairs] + [pair.path_y for pair in pairs]
-    embedded = embed_images(paths, embedder, detector, cfg["detector"], jitter=cfg["embedder"]["jitter"],
+    embedded = embed_images(paths, embedder, detector, detector_cache_key(cfg["detector"]),
+                            jitter=cfg["embedder"]["jitter"],
                             cache_dir=project_path(cfg["data"]["cache_dir"]) or DEFAULT_CACHE_DIR)
     embeddings_x, embeddings_y = np.split(embedded.embeddings, 2)
     return embeddings_x, embeddings_y, np.array([pair.same for pair in pairs])

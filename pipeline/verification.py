@@ -19,7 +19,7 @@ from common.io import read_image
 from matching.protocol import (fold_identities, fold_table, lfw_image_dir, limit_pairs, plot_roc,
                                read_lfw_pairs, read_pairs_csv, result_json, run_protocol)
 from matching.verifier import build_verifier
-from pipeline.build import checkpoint_identities, build_detector, build_embedder
+from pipeline.build import build_detector, build_embedder, checkpoint_identities, detector_cache_key
 from pipeline.embed_images import CHUNK, DEFAULT_CACHE_DIR, embed_images, fallback_box, file_stamp
 
 DEFAULT_LFW_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "lfw"
@@ -87,11 +87,12 @@ def shrunk_photo(image: np.ndarray, face_width: float, face_px: int) -> bytes:
     return encoded.tobytes()
 
 
-def shrink_probes(pairs, face_px: int, detector, detector_name: str, cache_dir: str | Path) -> list:
+def shrink_probes(pairs, face_px: int, detector, detector_key: str, cache_dir: str | Path) -> list:
     """``pairs`` with each second photo replaced by its ``shrunk_photo`` copy, its face (the detector's face
     nearest the centre; without one, the fallback box) ``face_px`` px wide. Copies are written once under
-    ``cache_dir``/probes and named by the original's path, size and time, so a rerun reuses them."""
-    folder = Path(cache_dir).expanduser() / "probes" / f"{detector_name}-{face_px}px"
+    ``cache_dir``/probes/<``detector_key``> and named by the original's path, size and time, so a rerun with the
+    same detector (``pipeline.build.detector_cache_key``) reuses them."""
+    folder = Path(cache_dir).expanduser() / "probes" / f"{detector_key}-{face_px}px"
     copies = {}
     for path in sorted({pair.path_y for pair in pairs}):
         stamp = hashlib.sha1(file_stamp(Path(path)).encode()).hexdigest()[:12]
@@ -136,11 +137,12 @@ def run_verification_benchmark(pairs, description: str, *, benchmark: str = "lfw
         raise InputError(f"--probe-face-px must be at least 4, got {probe_face_px}")
     face_embedder = build_embedder(embedder, weights, device, flip=flip, align=align)
     face_detector = build_detector(detector, device=device)
+    detector_key = detector_cache_key(detector)
     cache_dir = cache_dir or DEFAULT_CACHE_DIR
     if probe_face_px:
-        pairs = shrink_probes(pairs, probe_face_px, face_detector, detector, cache_dir)
+        pairs = shrink_probes(pairs, probe_face_px, face_detector, detector_key, cache_dir)
     paths = [pair.path_x for pair in pairs] + [pair.path_y for pair in pairs]
-    embedded = embed_images(paths, face_embedder, face_detector, detector, jitter=jitter, cache_dir=cache_dir)
+    embedded = embed_images(paths, face_embedder, face_detector, detector_key, jitter=jitter, cache_dir=cache_dir)
     embeddings_x, embeddings_y = np.split(embedded.embeddings, 2)  # (N, D) each
     unique_no_face = {path: missing for path, missing in zip(paths, embedded.no_face)}
     n_no_face = int(sum(unique_no_face.values()))

@@ -16,10 +16,11 @@ FULL_RANGE = SHARED / "models/mediapipe/face_detection_full_range_sparse.tflite"
 PHOTO_GLOBS = ("data/detection/dlib_faces/*.jpg", "data/faces_in_photos/compreface/*.jpg")
 
 # Raw outputs reach several hundred (scores down to -600, regressors ~260), and fp32 summation order
-# alone then moves the last digits: TFLite's own XNNPACK and builtin kernels differ by up to 6e-4.
-# So the bound is 1e-4 absolute while an anchor's outputs are within +-1, and 1e-4 relative to the
-# anchor's largest output magnitude beyond that. (Measured: ~2.5e-6 on regressors, ~1.1e-5 on scores.)
-PARITY_TOL = 1e-4
+# alone then moves the last digits: TFLite's own XNNPACK and builtin kernels differ by up to 6.1e-4.
+# Measured (README): short range 2.3e-4 / 5.5e-4 absolute (regressors / scores), 2.5e-6 / 1.1e-5 relative to the
+# anchor's largest output; full range 1.3e-4 / 2.1e-4, 2.5e-6 / 5.2e-6. The bounds: 1e-3 absolute, and 2e-5
+# relative to max(1, the anchor's largest output).
+PARITY_ABS, PARITY_TOL = 1e-3, 2e-5
 
 
 def _require(path: Path) -> Path:
@@ -79,9 +80,9 @@ def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
     """``ours``/``ref``: (N, 896, C) per-anchor outputs (C = 16 regressors, or 1 score)."""
     err = np.abs(ours - ref)
     scale = np.maximum(1.0, np.abs(ref).max(axis=-1, keepdims=True))
-    assert (err / scale).max() <= PARITY_TOL, (
-        f"{what}: max |diff| {err.max():.3g}, max |diff| / anchor scale {(err / scale).max():.3g} > {PARITY_TOL}"
-    )
+    assert err.max() <= PARITY_ABS and (err / scale).max() <= PARITY_TOL, (
+        f"{what}: max |diff| {err.max():.3g} (bound {PARITY_ABS}), max |diff| / anchor scale "
+        f"{(err / scale).max():.3g} (bound {PARITY_TOL})")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,10 @@ LFW_PHOTOS = ("Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Serena_Williams/Serena_Wi
               "Tony_Blair/Tony_Blair_0021.jpg", "Jennifer_Lopez/Jennifer_Lopez_0002.jpg",
               "Hugo_Chavez/Hugo_Chavez_0007.jpg", "Kofi_Annan/Kofi_Annan_0004.jpg")
 DLIB_FACES_PHOTOS = ("2008_002470.jpg", "2008_007676.jpg", "2009_004587.jpg", "Tom_Cruise_avp_2014_4.jpg")
-PARITY_COSINE = 0.9999  # the issue's bar for our descriptors vs dlib's on the same chips
+# our descriptors vs dlib's on the same chips, measured (README): 1 - cosine 3.5e-13, |difference| 4.8e-7 in float64;
+# 1 - cosine 1.7e-8 through the embedder's float32 output
+DESCRIPTOR_COSINE_GAP, DESCRIPTOR_ABS = 1e-11, 2e-6
+EMBEDDER_COSINE_GAP = 1e-7
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +121,8 @@ def test_descriptors_match_dlib(model, dlib_tools):
     cosine = _cosine(ours, reference)
     print(f"{len(chips)} chips: 1 - min cosine {1 - cosine.min():.1e}, "
           f"max |ours - dlib| {np.abs(ours - reference).max():.2e}")
-    assert cosine.min() >= PARITY_COSINE
-    assert np.abs(ours - reference).max() < 1e-4
+    assert 1 - cosine.min() <= DESCRIPTOR_COSINE_GAP
+    assert np.abs(ours - reference).max() <= DESCRIPTOR_ABS
 
 
 def test_embedder_matches_dlib(descriptor_file, dlib_tools, tmp_path):
@@ -130,7 +133,7 @@ def test_embedder_matches_dlib(descriptor_file, dlib_tools, tmp_path):
     embeddings = embedder.embed_chips(chips).numpy()
     assert embeddings.shape == (len(chips), 128)
     assert embedder.cache_key.startswith("dlib_resnet-")
-    assert _cosine(embeddings, reference).min() >= PARITY_COSINE
+    assert 1 - _cosine(embeddings, reference).min() <= EMBEDDER_COSINE_GAP
     # Our own state_dict file gives the same network (and another cache key).
     path = tmp_path / "dlib_resnet.pth"
     torch.save(embedder.model.state_dict(), path)

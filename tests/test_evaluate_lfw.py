@@ -275,14 +275,16 @@ def test_evaluate_lfw_with_small_probe_faces(tmp_path):
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "lfw.json")]
     assert evaluate.main(argv + ["--probe-face-px", "16"]) == 0
     report = json.loads((tmp_path / "lfw.json").read_text())
-    probes = sorted((tmp_path / "cache" / "probes" / "mtcnn-16px").rglob("*.jpg"))
+    [folder] = (tmp_path / "cache" / "probes").iterdir()  # named by the detector's cache key and the face width
+    assert folder.name.startswith("mtcnn@") and folder.name.endswith("-16px")
+    probes = sorted(folder.rglob("*.jpg"))
     assert report["probe_face_px"] == 16 and "16 px wide" in report["probe"] and report["n_pairs"] == 20
     assert len(probes) == len({pair.path_y for pair in benchmark.limit_pairs(benchmark.lfw_pairs(root)[0], 2)})
     first = cv2.imread(str(probes[0]))
     assert first.shape == (250, 250, 3)
     assert evaluate.main(argv + ["--probe-face-px", "16"]) == 0  # the copies are reused, not written again
     assert [probe.stat().st_mtime_ns for probe in probes] == [
-        probe.stat().st_mtime_ns for probe in sorted((tmp_path / "cache" / "probes" / "mtcnn-16px").rglob("*.jpg"))]
+        probe.stat().st_mtime_ns for probe in sorted(folder.rglob("*.jpg"))]
     assert evaluate.run_cli(evaluate.main, argv + ["--probe-face-px", "2"]) == 2
 
 
@@ -311,3 +313,22 @@ def test_the_readme_cross_resolution_table_is_the_one_the_stored_reports_give():
     from tests.conftest import ROOT
     table = cross_resolution.markdown(cross_resolution.load(cross_resolution.RESULTS))
     assert table in (ROOT / "README.md").read_text(), "rerun python -m bench.cross_resolution and paste its table"
+
+
+def test_face_caches_are_keyed_on_the_detectors_config_files_and_code(tmp_path, monkeypatch):
+    """A change to MTCNN's thresholds, to a file its config names, or to detector code gives another cache key, so
+    cached landmarks and embeddings are recomputed rather than reused stale; the same detector keeps its key."""
+    from pipeline import build
+
+    key = build.detector_cache_key("mtcnn")
+    assert key.startswith("mtcnn@") and build.detector_cache_key("mtcnn") == key
+    assert build.detector_cache_key("mtcnn", set_items=["inference.min_face_px=30"]) != key
+    weights = tmp_path / "mtcnn.pth"
+    weights.write_bytes(b"one")
+    with_file = build.detector_cache_key("mtcnn", set_items=[f"model.weights={weights}"])
+    weights.write_bytes(b"two!")
+    assert build.detector_cache_key("mtcnn", set_items=[f"model.weights={weights}"]) != with_file
+    monkeypatch.setattr(build, "detector_code_digest", lambda: "other code")
+    assert build.detector_cache_key("mtcnn") != key
+    fused = build.detector_cache_key("fusion")
+    assert build.detector_cache_key("fusion", set_items=["detection.fusion.iou=0.5"]) != fused

@@ -20,7 +20,8 @@ from tests.conftest import SHARED, shared_path
 facenet_pytorch = pytest.importorskip("facenet_pytorch", reason="parity is measured against facenet-pytorch")
 
 MIN_FACE, THRESHOLDS, FACTOR = 20, (0.6, 0.7, 0.7), 0.709
-MIN_BOX_IOU, MAX_LANDMARK_PX, MAX_SCORE_DIFF = 0.99, 1.0, 1e-4
+# measured on these 43 photos (README): worst box IoU 0.999997, landmarks 2.4e-4 px, scores 8.3e-7
+MIN_BOX_IOU, MAX_LANDMARK_PX, MAX_SCORE_DIFF = 0.9999, 1e-3, 5e-6
 NET_TOL = 1e-5
 LARGE_PORTRAITS = ("003_A.jpg", "004_A.jpg")  # 33 and 12 megapixels; facenet puts 2 false boxes on the first
 

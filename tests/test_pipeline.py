@@ -66,3 +66,50 @@ def test_chain_runs_in_order_skips_finished_stages_and_resumes_at_a_failure(tmp_
     assert (tmp_path / "config.yaml").is_file()
     run_pipeline_training(cfg, ("detection",), force=True)  # --stage detection: that stage alone, again
     assert calls[-1] == "detection"
+
+
+@pytest.mark.slow
+def test_train_stage_all_runs_every_stage_for_real_on_tiny_data(tmp_path):
+    """``train.py --stage all``, nothing mocked: the detection stage fits MTCNN's calibration on dlib's training
+    photos, the embedding stage trains MobileFaceNet one epoch on 6 LFW people of fold 1, and the matching stage fits
+    the verifier on pairs of their photos with the embedder just trained."""
+    import yaml
+
+    import train
+    from common.lfw import read_lfw_people_folds
+    from tests.conftest import shared_path
+
+    lfw = shared_path("data", "lfw")
+    people = sorted(name for name, count in read_lfw_people_folds(lfw / "people.txt")[0].items() if 4 <= count <= 5)[:6]
+    embedding_yaml, matching_yaml = tmp_path / "embedding.yaml", tmp_path / "matching.yaml"
+    embedding_yaml.write_text(yaml.safe_dump({
+        "stage": "embedding", "model": {"name": "mobilefacenet", "embedder": "mobilefacenet"},
+        "data": {"root": str(lfw / "deepfunneled"), "cache_dir": str(tmp_path / "chips"), "identities": people,
+                 "lfw_people": str(lfw / "people.txt"), "val_fraction": 0.34, "images_per_identity": 2,
+                 "val_max_pairs": 20, "augment": False}}))
+    photos = {name: sorted((lfw / "deepfunneled" / name).glob("*.jpg")) for name in people}
+    rows = ["file_x,file_y,same"]
+    for index, name in enumerate(people):
+        other = people[(index + 1) % len(people)]
+        rows += [f"{name}/{photos[name][0].name},{name}/{photos[name][1].name},1",
+                 f"{name}/{photos[name][2].name},{other}/{photos[other][0].name},0"]
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    matching_yaml.write_text(yaml.safe_dump({
+        "stage": "matching", "detector": "mtcnn",
+        "data": {"pairs": str(tmp_path / "pairs.csv"), "test_pairs": None, "images": str(lfw / "deepfunneled"),
+                 "cache_dir": str(tmp_path / "embeddings")}}))
+    run = tmp_path / "run"
+    assert train.main(["--stage", "all", "--config", str(ROOT / "configs" / "pipeline.yaml"),
+                       "--set", "detection.detectors=[mtcnn]",
+                       "--set", f"calibration.data=[{shared_path('data', 'detection', 'dlib_faces', 'training.xml')}]",
+                       "--set", f"embedding.train_config={embedding_yaml}",
+                       "--set", f"matching.train_config={matching_yaml}",
+                       "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--num-workers", "0",
+                       "--no-auto-resume", "--checkpoint-dir", str(run)]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [manifest[stage]["status"] for stage in ("detection", "embedding", "matching")] == ["done"] * 3
+    calibration = json.loads((run / "calibration" / "mtcnn.json").read_text())
+    assert calibration["fitted_on"]["faces"] > 0
+    weights = manifest["embedding"]["outputs"]["weights"]
+    assert weights and (run / "embedding").is_dir() and weights.endswith("_best.pth")
+    assert (run / "matching" / "verifier.joblib").is_file()

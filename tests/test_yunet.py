@@ -2,8 +2,9 @@
 ``cv2.dnn`` / ``cv2.FaceDetectorYN`` on the published ONNX file, points and loss, detection figures on real photos,
 small faces by the planner, and a short from-scratch training on real photos.
 
-Parity tolerance as tests/test_onnx_export.py: |ours - OpenCV| <= 1e-4 x max(1, that photo's largest |output|);
-measured on these photos: 7e-6 at most (raw outputs reach 2.5)."""
+Raw outputs: |ours - OpenCV| <= 2e-5 (measured on these photos: 7e-6 at most; raw outputs reach 2.5). Detections:
+boxes and landmarks within 0.01 px, scores within 1e-4 (``FaceDetectorYN`` returns them rounded by its own
+arithmetic)."""
 from __future__ import annotations
 
 import json
@@ -33,7 +34,8 @@ ONNX_FILE = ("models", "yunet", "yunet_n_640_640.onnx")
 ONNX_SIDE = 640  # the published ONNX file's fixed input
 PHOTOS = ("detection/dlib_faces/2008_002470.jpg", "detection/dlib_faces/2007_007763.jpg",
           "faces_in_photos/compreface/016_8.jpg", "faces_in_photos/compreface/009_C.jpg")
-PARITY_TOL = 1e-4
+RAW_TOL = 2e-5
+SCORE_TOL = 1e-4
 BOX_TOL_PX = 1e-2
 LEVELS = (8, 16, 32)
 
@@ -74,8 +76,7 @@ def test_raw_outputs_match_opencv_on_the_onnx_file(network, photos_640):
                 "kps": landmarks}
         for key, value in ours.items():
             expected = np.concatenate([reference[f"{key}_{stride}"] for stride in LEVELS], axis=1)
-            tolerance = PARITY_TOL * max(1.0, float(np.abs(expected).max()))
-            assert np.abs(value.numpy() - expected).max() <= tolerance, key
+            assert np.abs(value.numpy() - expected).max() <= RAW_TOL, key
 
 
 def test_detections_match_face_detector_yn(photos_640):
@@ -94,7 +95,7 @@ def test_detections_match_face_detector_yn(photos_640):
         boxes = np.concatenate([faces[:, :2], faces[:, :2] + faces[:, 2:4]], axis=1)
         assert np.abs(found.boxes.numpy() - boxes).max() <= BOX_TOL_PX
         assert np.abs(found.landmarks.numpy().reshape(-1, 10) - faces[:, 4:14]).max() <= BOX_TOL_PX
-        assert np.abs(found.scores.numpy() - faces[:, 14]).max() <= PARITY_TOL
+        assert np.abs(found.scores.numpy() - faces[:, 14]).max() <= SCORE_TOL
     assert total >= 10
 
 
