@@ -68,33 +68,41 @@ def test_resume_continues_the_same_loss_curve(tmp_path, crops_csv):
 
 @pytest.mark.slow
 def test_fine_tuning_imported_weights_keeps_ap(tmp_path, crops_csv):
+    """Five epochs from MediaPipe's weights on 8 training crops, the best epoch chosen on those crops: AP@0.5 on 25
+    crops of dlib's testing photos, which neither training nor the choice of epoch saw, stays within 0.1 of the
+    imported weights'."""
+    from common.checkpoint import load_state_file
+    from common.registry import build_model
+    from detection.blazeface.detector import load_weights
+
     weights = shared_path(*TFLITE)
     pytest.importorskip("tflite")
     test_xml = shared_path("data", "detection", "dlib_faces", "testing_with_face_landmarks.xml")
     test_crops = write_face_crops(test_xml, tmp_path / "test_crops", limit=25)
-    cfg = config(tmp_path, **{"data.train": str(crops_csv), "data.val": str(test_crops), "model.pretrained": True,
+    cfg = config(tmp_path, **{"data.train": str(crops_csv), "data.val": str(crops_csv), "model.pretrained": True,
                               "model.weights": str(weights), "train.epochs": 5, "train.batch_size": 8,
                               "train.lr": 1e-4})
-    before = imported_ap(cfg)
+    test_cfg = config(tmp_path, **{"data.train": str(crops_csv), "data.val": str(test_crops)})
+    before = crops_ap(test_cfg, load_weights(build_model("blazeface_front"), weights))
     assert before > 0.5  # the imported model already finds these faces
-    history = run_blazeface_training(cfg)
-    assert min(r["val/ap50"] for r in history) >= before - 0.1
-    assert history[-1]["val/ap50"] >= 0.5
+    run_blazeface_training(cfg)
+    after = crops_ap(test_cfg, load_state_file(build_model("blazeface_front"), tmp_path / "ckpt" / "BlazeFace_best.pth",
+                                              "a BlazeFace"))
+    print(f"AP@0.5 on 25 test crops: imported {before:.3f}, fine-tuned {after:.3f}")
+    assert after >= before - 0.1 and after >= 0.5, (before, after)
 
 
-def imported_ap(cfg) -> float:
+def crops_ap(cfg, model) -> float:
+    """AP@0.5 of ``model`` on the validation crops of ``cfg``."""
     from torch.utils.data import DataLoader
 
-    from common.registry import build_model
-    from detection.blazeface.detector import load_weights
     from detection.data.dataset import collate_detection
     from detection.blazeface.training import BlazeFaceTask, load_datasets
 
-    model = load_weights(build_model("blazeface_front"), cfg["model"]["weights"]).eval()
     _, val_set = load_datasets(cfg, 128)
     loader = DataLoader(val_set, batch_size=8, collate_fn=collate_detection)
     with torch.no_grad():
-        return BlazeFaceTask(cfg, torch.device("cpu")).evaluate(model, loader)["ap50"]
+        return BlazeFaceTask(cfg, torch.device("cpu")).evaluate(model.eval(), loader)["ap50"]
 
 
 def run_cli(*args, cwd=ROOT):

@@ -304,8 +304,9 @@ def test_each_net_overfits_real_crops(stage, tmp_path, train_xml, annotations):
 
 @pytest.mark.slow
 def test_fine_tuning_facenet_weights_keeps_cascade_ap(tmp_path, train_xml):
-    """Three short stages of fine-tuning from facenet-pytorch's weights on the 4 training photos keep the cascade's
-    AP@0.5 on dlib testing.xml (25 faces) within 2 points of the imported weights' AP."""
+    """Three short stages of fine-tuning from facenet-pytorch's weights on the 4 training photos (the best epochs
+    chosen on crops of those photos) keep the cascade's AP@0.5 on dlib testing.xml (25 faces), which neither
+    training nor the choice of epoch saw, within 2 points of the imported weights' AP."""
     from detection.mtcnn.detector import mtcnn_detector
     from detection.evaluation import evaluate_detector, load_benchmark
 
@@ -313,7 +314,7 @@ def test_fine_tuning_facenet_weights_keeps_cascade_ap(tmp_path, train_xml):
     test_items = load_benchmark(shared_path(*DLIB, "testing.xml"))
     before = evaluate_detector(mtcnn_detector(device="cpu"), test_items).ap
     assert before >= 0.9  # the imported cascade sees these faces (measured 1.0)
-    cfg = config(tmp_path, **{"data.train": str(train_xml), "data.val": str(shared_path(*DLIB, "testing.xml")),
+    cfg = config(tmp_path, **{"data.train": str(train_xml), "data.val": str(train_xml),
                               "mtcnn.sampling": {}, "model.pretrained": True, "train.epochs": 3,
                               "train.batch_size": 128, "train.lr": 1e-4})
     histories = run_mtcnn_training(cfg)
@@ -323,7 +324,6 @@ def test_fine_tuning_facenet_weights_keeps_cascade_ap(tmp_path, train_xml):
     print(f"cascade AP@0.5 on testing.xml: imported {before:.3f}, fine-tuned {after:.3f}; O-Net val accuracy "
           f"{last['val/accuracy']:.3f}, box error {last['val/box_error']:.4f}")
     assert after >= before - 0.02
-    assert min(r["val/ap50"] for r in histories["onet"]) >= before - 0.02
     assert last["val/accuracy"] >= 0.97
 
 
