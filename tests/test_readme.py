@@ -36,3 +36,23 @@ def test_ci_runs_the_readme_test_command_with_the_slow_tests_itself():
     commands = [line for line in ci.splitlines() if line.startswith("python -m pytest")]
     assert commands == ["python -m pytest -q --run-slow"]
     assert f"{commands[0]}   # everything, as CI runs it" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def readme_units() -> list[str]:
+    """The README's table rows, list items and paragraphs: the units a figure is read in."""
+    units = []
+    for block in (ROOT / "README.md").read_text(encoding="utf-8").split("\n\n"):
+        if block.lstrip().startswith("|"):
+            units += block.splitlines()
+        else:
+            units += re.split(r"\n(?=- )", block)
+    return units
+
+
+def test_every_compreface_detection_figure_says_it_counts_nose_points():
+    """CompreFace faces are marked by a nose point: a box holding one is a hit whatever its size, so its AP,
+    precision and recall say a face was found, not how well it was boxed; every figure says so where it stands."""
+    unsaid = [unit[:120] for unit in readme_units()
+              if re.search(r"compreface", unit, re.I) and re.search(r"\bAP\b|precision|recall", unit)
+              and "nose" not in unit.lower()]
+    assert unsaid == []
