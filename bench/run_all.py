@@ -1,6 +1,8 @@
-"""Run every speed benchmark, each against its reference in the same run, and write one table for the README.
+"""Run every speed benchmark, each against its reference in the same run, and write one table for the README (between
+its speed-table markers: no speed figure there is typed by hand).
 
     python -m bench.run_all [--threads 2] [--quick] [--only mtcnn retinaface] [--out-dir bench/]
+    python -m bench.run_all --render    # results.md and the README's table again from results.json
 
 Each ``bench/bench_<name>.py`` runs in its own process (its thread count and heap tuning stay its own) and writes
 its figures as JSON; this collects them into ``results.json`` (every figure, the command that produced it, its
@@ -218,11 +220,11 @@ def markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [f"Measured {meta['date']} on {meta['machine']}, {meta['threads']} threads"
              + (" — **--quick: a smoke run, not figures to publish**" if meta["quick"] else "")
-             + f". Reproduce: `{meta['command']}`.", "",
-             "| item | ours | reference | ratio | goal | met? |", "|---|---|---|---|---|---|"]
+             + f". Reproduce: `{meta['command']}` (one benchmark: its command below).", "",
+             "| item | ours | reference | ratio | goal | met? | command |", "|---|---|---|---|---|---|---|"]
     for name, entry in results["benches"].items():
         if "error" in entry:
-            lines.append(f"| {name}: **failed** ({entry['error']}) | — | — | — | — | — |")
+            lines.append(f"| {name}: **failed** ({entry['error']}) | — | — | — | — | — | `{entry['command']}` |")
             continue
         for row in entry["rows"]:
             reference = (f"{_figure(row['reference'], row['unit'])} ({row['reference_name']})"
@@ -230,8 +232,28 @@ def markdown(results: dict) -> str:
             ratio = f"{row['ratio']:.2f}×" if row["ratio"] is not None else "—"
             met = "—" if row["met"] is None else ("yes" if row["met"] else "**no**")
             lines.append(f"| {row['item']} | {_figure(row['ours'], row['unit'])} | {reference} | {ratio} | "
-                         f"{row['goal'] or '—'} | {met} |")
+                         f"{row['goal'] or '—'} | {met} | `{entry['command']}` |")
     return "\n".join(lines) + "\n"
+
+
+README = ROOT / "README.md"
+README_START, README_END = "<!-- speed table: python -m bench.run_all writes it -->", "<!-- end of speed table -->"
+
+
+def readme_with_table(readme: str, table: str) -> str:
+    """``readme`` with the block between ``README_START`` and ``README_END`` replaced by ``table``."""
+    start, end = readme.index(README_START) + len(README_START), readme.index(README_END)
+    return f"{readme[:start]}\n{table}\n{readme[end:]}"
+
+
+def write_outputs(results: dict, out_dir: Path, readme: Path | None) -> None:
+    """results.json, results.md and, unless ``readme`` is None, the README's speed table: all from ``results``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    table = markdown(results)
+    (out_dir / "results.md").write_text(table, encoding="utf-8")
+    if readme is not None:
+        readme.write_text(readme_with_table(readme.read_text(encoding="utf-8"), table), encoding="utf-8")
 
 
 def main(argv=None) -> int:
@@ -240,7 +262,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller batches: a smoke run")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="run these benchmarks only")
     parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where results.json and results.md go")
+    parser.add_argument("--render", action="store_true",
+                        help="run nothing: write results.md and the README's table again from results.json")
     args = parser.parse_args(argv)
+    if args.render:
+        write_outputs(json.loads((args.out_dir / "results.json").read_text(encoding="utf-8")), args.out_dir, README)
+        return 0
     names = args.only or list(BENCHES)
     command = " ".join(["python -m bench.run_all", *(argv if argv is not None else sys.argv[1:])])
     results = {"meta": {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
@@ -250,9 +277,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_") as scratch:
         for name in names:
             results["benches"][name] = run_bench(name, BENCHES[name], args.threads, args.quick, Path(scratch))
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (args.out_dir / "results.md").write_text(markdown(results), encoding="utf-8")
+    # the README shows the full run only: a partial (--only) or smoke (--quick) run writes its own files
+    write_outputs(results, args.out_dir, README if not (args.only or args.quick) else None)
     failed = [name for name, entry in results["benches"].items() if "error" in entry]
     print(f"wrote {args.out_dir / 'results.md'} and results.json"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))

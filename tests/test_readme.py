@@ -56,3 +56,18 @@ def test_every_compreface_detection_figure_says_it_counts_nose_points():
               if re.search(r"compreface", unit, re.I) and re.search(r"\bAP\b|precision|recall", unit)
               and "nose" not in unit.lower()]
     assert unsaid == []
+
+
+def test_the_readme_speed_table_is_the_committed_benchmark_run():
+    """No speed figure of the suite is typed by hand: the README's table and bench/results.md are what
+    ``python -m bench.run_all`` made of bench/results.json (which names its date, machine and commands)."""
+    import json
+
+    from bench import run_all
+
+    results = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))
+    table = run_all.markdown(results)
+    assert (ROOT / "bench" / "results.md").read_text(encoding="utf-8") == table
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert run_all.readme_with_table(readme, table) == readme, "run python -m bench.run_all --render"
+    assert not results["meta"]["quick"] and all("error" not in entry for entry in results["benches"].values())
