@@ -71,3 +71,20 @@ def test_the_readme_speed_table_is_the_committed_benchmark_run():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert run_all.readme_with_table(readme, table) == readme, "run python -m bench.run_all --render"
     assert not results["meta"]["quick"] and all("error" not in entry for entry in results["benches"].values())
+
+
+def test_the_readme_demo_row_is_the_committed_report_split_run():
+    """The attendance demo's row reports the committed run of the report split (fold 10's people, seeds from 1000),
+    with its counts and 95 % intervals."""
+    import json
+
+    figures = json.loads((ROOT / "bench" / "accuracy" / "demo" / "report30.json").read_text(encoding="utf-8"))
+    assert figures["split"] == "report" and figures["people"] == "LFW folds [10]" and figures["first_seed"] == 1000
+    [row] = [unit for unit in readme_units() if unit.startswith("| **attendance demo, report split**")]
+    for count, of in (("present_marked", "present"), ("present_marked", "marks"), ("absent_marked", "absent"),
+                      ("strangers_marked", "strangers")):
+        low, high = figures["ci95"][f"{count}/{of}"]
+        assert f"{figures[count]}/{figures[of]}" in row
+        for bound in (low, high):  # as the README writes a percentage: 99.5, 100, 0, 2.5
+            assert f"{bound:.1%}"[:-1].rstrip("0").rstrip(".") in row
+    assert f"{figures['classes']} classes" in row
