@@ -75,7 +75,8 @@ def parse_args(argv):
     verification.add_argument("--embedder", help="registered embedder name (default: dlib_resnet)")
     verification.add_argument("--lfw-root", help="LFW folder with pairs.txt and deepfunneled/ or lfw/ "
                                                  "(default: ../shared/data/lfw next to the project)")
-    verification.add_argument("--pairs", help="pairs: CSV with header file_x,file_y,same (1/0, Yes/No, true/false)")
+    verification.add_argument("--pairs", help="pairs: CSV with header file_x,file_y,<label> (the label column under "
+                              "any name, e.g. same or deepface's Decision: 1/0, Yes/No, true/false)")
     verification.add_argument("--images", help="pairs: folder the CSV's files are relative to (default: its folder); "
                                                "wider: WIDER_val/images, detected first into --predictions")
     verification.add_argument("--verifier", choices=["threshold", "classifier"],
