@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.errors import UserError
+from common.errors import InputError, UserError
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -60,6 +60,25 @@ def state_mismatch(expected: dict, state: dict) -> str:
         return ""
     return (f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}, "
             f"{len(wrong_shape)} of another shape {wrong_shape[:3]}")
+
+
+def load_network_weights(model: torch.nn.Module, weights, name: str, missing_hint: str, described: str | None = None,
+                         mismatch_hint: str = "") -> torch.nn.Module:
+    """``model`` holding the weights of the file ``weights``: a checkpoint of ours, a bare state dict, or a
+    published file that wraps it in a ``state_dict`` entry (mmdet, Pytorch_Retinaface) or prefixes its keys with
+    ``module.`` (DataParallel). Clear errors name the network: ``name`` and ``missing_hint`` when the file is
+    absent, ``described`` (default ``name``) and ``mismatch_hint`` when its keys or shapes do not fit."""
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} weights not found: {path}. {missing_hint}")
+    state = model_state_from_file(path)
+    state = {key.removeprefix("module."): value for key, value in state.get("state_dict", state).items()}
+    mismatch = state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise InputError(f"{path} does not fit {described or name}: {mismatch}"
+                         + (f"; {mismatch_hint}" if mismatch_hint else ""))
+    model.load_state_dict(state)
+    return model
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

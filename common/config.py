@@ -40,6 +40,15 @@ def existing_path(value: str | None) -> str | None:
     return str(from_root) if from_root.exists() else value
 
 
+def required_path(value: str | None, what: str, hint: str) -> str | None:
+    """``existing_path`` of a file that must exist (None and "" stay as they are): else ``FileNotFoundError``
+    naming ``what``, both places looked in, and ``hint`` (what to do)."""
+    resolved = existing_path(value)
+    if resolved and not Path(resolved).exists():
+        raise FileNotFoundError(f"{what} not found: {value} (also looked in {project_path(value)}). {hint}")
+    return resolved
+
+
 def _check_type(key: str, default: Any, value: Any, source: str) -> Any:
     if default is None or value is None:
         return value

@@ -6,9 +6,8 @@ from typing import Sequence
 
 import torch
 
-from common.errors import InputError
 from common.config import ConfigError
-from common.checkpoint import model_state_from_file, state_mismatch
+from common.checkpoint import load_network_weights
 from common.registry import build_model
 from detection.photo_detector import ConvolutionalPhotoDetector
 from detection.retinaface.model import RetinaFace
@@ -29,17 +28,9 @@ def preprocess(images_uint8: torch.Tensor) -> torch.Tensor:
 def load_weights(model: RetinaFace, weights: str | Path) -> RetinaFace:
     """The public PyTorch RetinaFace ``.pth`` (``mobilenet0.25_Final.pth``, ``Resnet50_Final.pth``; with or
     without a ``module.`` prefix) or a checkpoint of ours."""
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"RetinaFace weights not found: {path}. Put mobilenet0.25_Final.pth (the public "
-                                "Pytorch_Retinaface release) there, pass --weights, or train with train.py.")
-    state = model_state_from_file(path)
-    state = {key.removeprefix("module."): value for key, value in state.get("state_dict", state).items()}
-    mismatch = state_mismatch(model.state_dict(), state)
-    if mismatch:
-        raise InputError(f"{path} does not fit RetinaFace ({model.backbone}): {mismatch}; is it the other backbone?")
-    model.load_state_dict(state)
-    return model
+    return load_network_weights(model, weights, "RetinaFace", "Put mobilenet0.25_Final.pth (the public "
+                                "Pytorch_Retinaface release) there, pass --weights, or train with train.py.",
+                                f"RetinaFace ({model.backbone})", "is it the other backbone?")
 
 
 def retinaface_detector(weights: str | Path | None = None, backbone: str = "mobilenet0.25", flavor: str = "1mb",

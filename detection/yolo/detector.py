@@ -5,9 +5,8 @@ from pathlib import Path
 
 import torch
 
-from common.errors import InputError
 from common.config import ConfigError
-from common.checkpoint import model_state_from_file, state_mismatch
+from common.checkpoint import load_network_weights
 from common.registry import build_model
 from detection.photo_detector import ConvolutionalPhotoDetector
 from detection.yolo.model import YoloFace
@@ -24,17 +23,10 @@ def preprocess(images_uint8: torch.Tensor) -> torch.Tensor:
 
 def load_weights(model: YoloFace, weights: str | Path) -> YoloFace:
     """A checkpoint of ``train.py --detector yolo`` (or a bare state dict) of the same width/depth."""
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"YOLO weights not found: {path}. Train them with python train.py --stage detection "
-                                "--detector yolo (see configs/detection_yolo.yaml) or pass --weights.")
-    state = model_state_from_file(path)
-    mismatch = state_mismatch(model.state_dict(), state)
-    if mismatch:
-        raise InputError(f"{path} does not fit YoloFace(width={model.width}, depth={model.depth}): {mismatch}; "
-                         "set model.width / model.depth to those it was trained with")
-    model.load_state_dict(state)
-    return model
+    return load_network_weights(model, weights, "YOLO", "Train them with python train.py --stage detection "
+                                "--detector yolo (see configs/detection_yolo.yaml) or pass --weights.",
+                                f"YoloFace(width={model.width}, depth={model.depth})",
+                                "set model.width / model.depth to those it was trained with")
 
 
 def yolo_detector(weights: str | Path | None = None, width: float = 0.25, depth: float = 0.33, device: str = "cpu",

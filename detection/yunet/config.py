@@ -2,9 +2,7 @@
 config describes."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from common.config import existing_path, project_path
+from common.config import required_path
 from detection.data.dataset import DEFAULT_AUGMENTATION
 from detection.photo_detector import ConvolutionalPhotoDetector
 from detection.yunet.detector import yunet_detector
@@ -33,12 +31,8 @@ YUNET_DEFAULTS = {
 
 def resolve_weights(weights: str | None) -> str | None:
     """``existing_path`` of the weights, which must exist."""
-    resolved = existing_path(weights)
-    if resolved and not Path(resolved).exists():
-        raise FileNotFoundError(f"YuNet weights not found: {weights} (also looked in {project_path(weights)}). "
-                                "Put libfacedetection.train's yunet_n.pth there, set model.weights / --weights, or "
-                                "train one.")
-    return resolved
+    return required_path(weights, "YuNet weights", "Put libfacedetection.train's yunet_n.pth there, set "
+                         "model.weights / --weights, or train one.")
 
 
 def yunet_from_config(cfg: dict, device: str) -> ConvolutionalPhotoDetector:

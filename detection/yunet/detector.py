@@ -6,9 +6,8 @@ from typing import Sequence
 
 import torch
 
-from common.checkpoint import model_state_from_file, state_mismatch
+from common.checkpoint import load_network_weights
 from common.config import ConfigError
-from common.errors import InputError
 from common.registry import build_model
 from detection.photo_detector import ConvolutionalPhotoDetector
 from detection.yunet.model import YuNet
@@ -26,17 +25,8 @@ def preprocess(images_uint8: torch.Tensor) -> torch.Tensor:
 
 def load_weights(model: YuNet, weights: str | Path) -> YuNet:
     """libfacedetection.train's checkpoint (``yunet_n.pth``: {meta, state_dict, optimizer}) or one of ours."""
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"YuNet weights not found: {path}. Put yunet_n.pth (libfacedetection.train's "
-                                "release) there, pass --weights, or train with train.py --detector yunet.")
-    state = model_state_from_file(path)
-    state = state.get("state_dict", state)
-    mismatch = state_mismatch(model.state_dict(), state)
-    if mismatch:
-        raise InputError(f"{path} does not fit YuNet: {mismatch}")
-    model.load_state_dict(state)
-    return model
+    return load_network_weights(model, weights, "YuNet", "Put yunet_n.pth (libfacedetection.train's release) there, "
+                                "pass --weights, or train with train.py --detector yunet.")
 
 
 def yunet_detector(weights: str | Path | None = None, model: str = "yunet_n", device: str = "cpu",
